@@ -1,0 +1,375 @@
+"""`LoRAFinetuneConfig`: every setting of a run, typed and documented in one place.
+
+A config comes from defaults, then one YAML or JSON file, then `--key value` overrides, and is
+checked as a whole: every unknown key and every bad value is reported in one error, each with
+how to fix it. Where transformers' `TrainingArguments` has a name for a setting we use that
+name, so habits carry over. The resolved config is saved beside every adapter as
+`run_config.yaml`, so later commands need only the adapter folder.
+
+The first eight fields and their defaults are the seed script's; the rest is what a real run
+needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+Quantization = Literal["none", "4bit", "8bit"]
+DType = Literal["auto", "fp32", "bf16", "fp16"]
+TemplateName = Literal["auto", "chat", "seed", "chatglm3", "chatglm2", "chatglm"]
+DataFormat = Literal["auto", "alpaca", "messages", "sharegpt"]
+LoraBackend = Literal["peft", "reference"]
+Resume = Literal["no", "auto"]
+
+
+@dataclass
+class LoRAFinetuneConfig:
+    # --- the seed script's fields (same names, same defaults) ---
+    model_name: str = "Qwen/Qwen3-0.6B"
+    """Base model: a hub id, a local folder, or `smollm2-135m-instruct` (bundled, offline)."""
+    output_dir: Path = Path("./outputs/chatglm_lora")
+    """Where the adapter, tokenizer, run_config.yaml, metrics.json and loss_curve.png go."""
+    r: int = 8
+    """LoRA rank: the bottleneck size of the update B A."""
+    alpha: int = 32
+    """LoRA alpha; the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch's input during training (0 <= dropout < 1)."""
+    learning_rate: float = 1e-4
+    """Peak learning rate of the optimizer."""
+    batch_size: int = 2
+    """Samples per device per step (TrainingArguments.per_device_train_batch_size)."""
+    steps: int = 50
+    """Optimizer steps to run (TrainingArguments.max_steps)."""
+
+    # --- data ---
+    data_path: Path | None = None
+    """Training data (json, jsonl, csv, parquet). None uses the 20 built-in demo samples."""
+    data_format: DataFormat = "auto"
+    """`alpaca` (instruction/input/output), `messages` (role/content), `sharegpt` (from/value), or `auto`."""
+    template: TemplateName = "auto"
+    """Prompt format: `chat` (the tokenizer's chat template), `seed` (问/补充信息/答), ChatGLM ones, or `auto`."""
+    system_prompt: str | None = None
+    """System prompt for samples that have none (None: the template's own default, if any)."""
+    max_length: int = 768
+    """Longest sample in tokens; longer samples are dropped and counted (never silently cut)."""
+    eval_fraction: float = 0.1
+    """Share of samples held out for evaluation (0 disables evaluation)."""
+
+    # --- model and LoRA ---
+    target_modules: list[str] | str = "auto"
+    """Layers that get LoRA: `auto` (per model type), `all-linear`, or a list of module names."""
+    lora_backend: LoraBackend = "peft"
+    """`peft` (default) or `reference` (the lesson's own LoRALinear in lora_finetune/lora.py)."""
+    quantization: Quantization = "none"
+    """`4bit` (NF4, QLoRA) or `8bit` base weights through bitsandbytes; needs CUDA."""
+    dtype: DType = "auto"
+    """Compute dtype: `auto` is bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    trust_remote_code: bool = False
+    """Run Python code shipped in a model folder. Off: turn it on only for models you trust."""
+    cache_dir: Path | None = None
+    """Where converted models (bundled GGUF, ChatGLM) are cached; default ~/.cache/lora-finetune."""
+
+    # --- training (TrainingArguments names) ---
+    gradient_accumulation_steps: int = 1
+    """Micro-batches summed before each optimizer step."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps spent warming the learning rate up from 0."""
+    lr_scheduler_type: str = "linear"
+    """Learning-rate schedule: linear, cosine, constant, constant_with_warmup, ..."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    logging_steps: int = 5
+    """Log the training loss every N steps."""
+    eval_steps: int = 25
+    """Evaluate on the held-out split every N steps (and at the end)."""
+    save_steps: int = 25
+    """Write a resumable checkpoint every N steps."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints."""
+    seed: int = 42
+    """Seed for data split, shuffling, LoRA initialisation and dropout."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    packing: bool = False
+    """Put several samples in one row (positions restart per sample, no cross-attention)."""
+
+    # --- run control ---
+    overwrite: bool = False
+    """Replace an existing output_dir. Off: a finished run is never overwritten by accident."""
+    resume: Resume = "no"
+    """`auto`: continue from the last checkpoint of an interrupted run in output_dir."""
+
+    # ------------------------------------------------------------------
+    def validate(self) -> list[str]:
+        """Return every problem with the values (empty when the config is usable)."""
+        problems: list[str] = []
+
+        def bad(name: str, why: str) -> None:
+            problems.append(f"{name}={getattr(self, name)!r}: {why}")
+
+        if self.r <= 0:
+            bad("r", "the LoRA rank must be a positive integer; use 8 or 16")
+        if self.alpha <= 0:
+            bad("alpha", "must be positive; a common choice is 2*r or 4*r")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", "must be in [0, 1); use 0.05 or 0.1")
+        if self.learning_rate <= 0:
+            bad("learning_rate", "must be positive; LoRA usually uses 1e-4 to 5e-4")
+        for name in ("batch_size", "steps", "max_length", "gradient_accumulation_steps",
+                     "logging_steps", "eval_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) <= 0:
+                bad(name, "must be a positive integer")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            bad("eval_fraction", "must be in [0, 1): it is the share held out for evaluation, "
+                "and 1 or more leaves no training data; use 0.1, or 0 to skip evaluation")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            bad("warmup_ratio", "must be in [0, 1); use 0.03 or 0")
+        if self.max_grad_norm < 0:
+            bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
+        if not str(self.model_name).strip():
+            bad("model_name", "is empty; give a hub id, a folder, or smollm2-135m-instruct")
+        if self.lora_backend == "reference" and self.quantization != "none":
+            bad("lora_backend", "the reference LoRALinear wraps plain nn.Linear layers only; "
+                "use lora_backend: peft with quantization, or quantization: none")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for k, v in out.items():
+            if isinstance(v, Path):
+                out[k] = str(v)
+        return out
+
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the resolved config (plus what the run decided, under `resolved`) as YAML."""
+        data = self.to_dict()
+        if extra:
+            data["resolved"] = extra
+        Path(path).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
+                              encoding="utf-8")
+
+
+FIELD_NAMES = [f.name for f in fields(LoRAFinetuneConfig)]
+# Names users bring from transformers/peft/other tools, mapped to ours.
+ALIASES = {
+    "lora_r": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "per_device_train_batch_size": "batch_size", "max_steps": "steps",
+    "model_name_or_path": "model_name", "model": "model_name", "data": "data_path",
+    "dataset": "data_path", "train_file": "data_path", "lr": "learning_rate",
+    "max_seq_length": "max_length", "cutoff_len": "max_length", "max_source_length": "max_length",
+    "val_set_size": "eval_fraction", "test_size": "eval_fraction", "lora_target": "target_modules",
+}
+
+
+def _field_doc(name: str) -> str:
+    return FIELD_DOCS.get(name, "")
+
+
+def _parse_field_docs() -> dict[str, str]:
+    """Read the attribute docstrings above (used by `--help` and by error messages)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(LoRAFinetuneConfig))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    return docs
+
+
+FIELD_DOCS = _parse_field_docs()
+_HINTS = get_type_hints(LoRAFinetuneConfig)
+
+
+def _suggest(name: str) -> str:
+    if name in ALIASES:
+        return f"did you mean `{ALIASES[name]}`? (this tool calls `{name}` `{ALIASES[name]}`)"
+    close = difflib.get_close_matches(name, FIELD_NAMES, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return "see `lora-finetune train --help` for the valid keys"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML/JSON/CLI value into the field's type, or raise ValueError with the reason."""
+    hint = _HINTS[name]
+    origin = get_origin(hint)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    optional = type(None) in get_args(hint)
+    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", ""):
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("may not be empty")
+    if origin is Literal:
+        choices = get_args(hint)
+        sval = str(value)
+        if sval not in choices:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+        return sval
+    if name == "target_modules":
+        if isinstance(value, str):
+            v = value.strip()
+            if v.startswith("["):  # a JSON/YAML list given on the command line
+                value = yaml.safe_load(v)
+            elif "," in v:
+                value = [p.strip() for p in v.split(",") if p.strip()]
+            else:
+                return v
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError("must be `auto`, `all-linear`, or a list of module names")
+        return value
+    base = args[0] if args else hint
+    if base is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError("must be a path")
+        return Path(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError("must be true or false")
+    if base is int:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ValueError("must be an integer") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number, e.g. 1e-4") from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError("must be a string")
+        return str(value)
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict, with errors that name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Check the path, or run without "
+                          "--config to use the defaults.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {e.start}). "
+                          "Save it as UTF-8.") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text) if text.strip() else {}
+        else:
+            data = yaml.safe_load(text) or {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
+                          "Fix the syntax (or write the config as YAML).") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)}). "
+                          "Fix the syntax; a common cause is a tab or a missing space after ':'.") \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of key: value pairs, "
+                          f"not a {type(data).__name__}.")
+    # A saved run_config.yaml carries what the run resolved; it is information, not a setting.
+    data.pop("resolved", None)
+    return data
+
+
+def build_config(values: dict[str, Any], source: str = "config",
+                 base: LoRAFinetuneConfig | None = None) -> LoRAFinetuneConfig:
+    """Apply `values` on top of `base` (or the defaults), reporting every problem at once."""
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        key_n = str(key).replace("-", "_")
+        if key_n not in FIELD_NAMES:
+            problems.append(f"unknown key `{key}`: {_suggest(key_n)}")
+            continue
+        try:
+            kwargs[key_n] = _coerce(key_n, value)
+        except ValueError as e:
+            problems.append(f"{key_n}={value!r}: {e}")
+    cfg = dataclasses.replace(base or LoRAFinetuneConfig(), **kwargs)
+    problems += cfg.validate()
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source} has {len(problems)} problem(s):\n{lines}")
+    return cfg
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None
+                ) -> LoRAFinetuneConfig:
+    """Defaults, then the file (YAML or JSON), then overrides; all problems reported together."""
+    values: dict[str, Any] = {}
+    source = "the command line"
+    if path is not None:
+        values.update(read_config_file(Path(path)))
+        source = f"config {path} (with command-line overrides)" if overrides else f"config {path}"
+    values.update(overrides or {})
+    return build_config(values, source=source)
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """Turn `--key value` / `--key=value` / `--flag` pairs into a dict (values stay strings)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"Unexpected argument `{tok}`: settings are given as --key value "
+                              "(for example --steps 100).")
+        key = tok[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+            out[key] = val
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[key] = argv[i + 1]
+            i += 2
+        else:
+            out[key] = "true"  # a bare flag such as --overwrite
+            i += 1
+    return out
+
+
+def describe_fields() -> str:
+    """One line per field: name, default and doc (for --help)."""
+    lines = []
+    for f in fields(LoRAFinetuneConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  --{f.name} (default {default}): {_field_doc(f.name)}")
+    return "\n".join(lines)
+
+
+__all__ = ["LoRAFinetuneConfig", "load_config", "build_config", "read_config_file",
+           "parse_overrides", "describe_fields", "FIELD_NAMES", "field"]

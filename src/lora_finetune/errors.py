@@ -1,0 +1,29 @@
+"""The one error type users see.
+
+Everything the package raises on bad input (config, data, model paths, targets) is a
+`LoraFinetuneError`: one paragraph that names the file, the line or record, the field and the
+fix. The CLI prints its message and exits with code 2; anything else is a bug in this package.
+"""
+from __future__ import annotations
+
+
+class LoraFinetuneError(Exception):
+    """A problem the user can fix. `str(err)` is the whole message, ready to print."""
+
+    exit_code = 2
+
+
+class ConfigError(LoraFinetuneError):
+    """A bad config file, override or value."""
+
+
+class DataError(LoraFinetuneError):
+    """A data file that cannot be read or used as training data."""
+
+
+class ModelError(LoraFinetuneError):
+    """A model that cannot be found, loaded or fitted with LoRA as asked."""
+
+
+class TrainingError(LoraFinetuneError):
+    """A run that stopped for a reason the user can act on (NaN loss, out of memory, ...)."""

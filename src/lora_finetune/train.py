@@ -1,0 +1,366 @@
+"""Training: config in, self-describing adapter folder out.
+
+    prepare_data  records -> template -> (input_ids, labels), train/eval split
+    build_model   base model (dtype, 4/8-bit) + LoRA on the checked targets
+    train         transformers.Trainer with our collator and callbacks
+    save_run      adapter + tokenizer + run_config.yaml + metrics.json + loss_curve.png
+
+The run works in a hidden sibling folder (`.NAME.partial/`, checkpoints included) and is renamed
+to `output_dir` only when complete, so `output_dir` is either a finished run or absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .collate import PadCollator
+from .config import LoRAFinetuneConfig
+from .data import dummy_rows, load_records, records_from_rows
+from .errors import ConfigError, DataError
+from .io import MANIFEST, atomic_dir, is_complete, write_manifest
+from .models import (count_parameters, load_model, load_tokenizer, meta_model, read_model_config,
+                     resolve_model, resolve_target_modules)
+from .templates import EncodeStats, encode_records, get_template, resolve_template_name
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+METRICS = "metrics.json"
+LOSS_PLOT = "loss_curve.png"
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, list[int]]]
+    eval: list[dict[str, list[int]]]
+    template: str
+    stats: EncodeStats
+    data_sha256: str | None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Shuffle with the run's seed, then hold out `eval_fraction` (at least one sample)."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and len(records) >= 2:
+        n_eval = max(1, round(len(records) * eval_fraction))
+    if n_eval >= len(records):
+        raise ConfigError(f"eval_fraction={eval_fraction} holds out all {len(records)} samples "
+                          "and leaves none for training. Lower eval_fraction or add data.")
+    held = set(order[:n_eval])
+    return ([records[i] for i in order if i not in held], [records[i] for i in order[:n_eval]])
+
+
+def prepare_data(cfg: LoRAFinetuneConfig, tokenizer: Any) -> PreparedData:
+    if cfg.data_path is None:
+        records = records_from_rows(dummy_rows(), source="build_dummy_dataset()")
+        sha = None
+    else:
+        records = load_records(cfg.data_path, cfg.data_format)
+        sha = _sha256(Path(cfg.data_path))
+    template_name = resolve_template_name(cfg.template, tokenizer)
+    template = get_template(template_name, tokenizer, cfg.system_prompt)
+    train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
+    train_enc, stats = encode_records(train_recs, tokenizer, template, cfg.max_length)
+    eval_enc, eval_stats = encode_records(eval_recs, tokenizer, template, cfg.max_length)
+    for k in ("total", "kept", "too_long", "no_answer_tokens", "prompt_tokens", "answer_tokens"):
+        setattr(stats, k, getattr(stats, k) + getattr(eval_stats, k))
+    stats.longest = max(stats.longest, eval_stats.longest)
+    where = cfg.data_path or "the demo data"
+    if not train_enc:
+        if stats.too_long:
+            raise DataError(f"{where}: every training sample is longer than max_length="
+                            f"{cfg.max_length} tokens (the longest has {stats.longest}). Raise "
+                            f"max_length (e.g. --max_length {stats.longest}) or shorten the "
+                            "samples.")
+        raise DataError(f"{where}: no usable training samples remain after encoding "
+                        f"({stats.summary(cfg.max_length)}). Check that answers are not empty.")
+    log.info("data: %s (template %s)", stats.summary(cfg.max_length), template_name)
+    as_rows = lambda encs: [{"input_ids": e.input_ids, "labels": e.labels} for e in encs]  # noqa
+    return PreparedData(as_rows(train_enc), as_rows(eval_enc), template_name, stats, sha)
+
+
+# --------------------------------------------------------------------------- model
+def attach_lora(model: Any, cfg: LoRAFinetuneConfig, targets: list[str]) -> Any:
+    """Wrap the target layers with LoRA; only the LoRA weights stay trainable."""
+    if cfg.lora_backend == "reference":
+        from .lora import inject_lora
+
+        inject_lora(model, targets, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout)
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
+                          lora_dropout=cfg.dropout, target_modules=targets)
+    return get_peft_model(model, peft_cfg)
+
+
+def save_adapter(model: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str,
+                 targets: list[str]) -> None:
+    if cfg.lora_backend == "reference":
+        from .lora import save_peft_adapter
+
+        save_peft_adapter(model, folder, base_model_name_or_path=base_path,
+                          target_modules=targets, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout)
+    else:
+        model.save_pretrained(folder)
+
+
+# --------------------------------------------------------------------------- run folder
+def _work_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, bool]:
+    """Where this run works, and whether it resumes; refuses to clobber earlier work."""
+    out = Path(cfg.output_dir)
+    work = _work_dir(out)
+    ckpt_dir = work / "checkpoints"
+    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
+    if cfg.resume == "auto":
+        if has_ckpt:
+            return work, True
+        log.warning("resume: auto but no checkpoint of an interrupted run in %s; starting fresh",
+                    work)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        kind = "a finished run" if is_complete(out) else "files"
+        raise ConfigError(f"output_dir {out} already holds {kind}. Pass --overwrite to replace "
+                          "it, or choose another --output_dir.")
+    if has_ckpt and not cfg.overwrite:
+        raise ConfigError(f"An interrupted run left checkpoints in {ckpt_dir}. Continue it with "
+                          "--resume auto, or pass --overwrite to start over.")
+    if work.exists():
+        shutil.rmtree(work)
+    return work, False
+
+
+# --------------------------------------------------------------------------- metrics and plot
+def plot_losses(log_history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", marker=".")
+    if evals:
+        ax.plot(*zip(*evals), label="eval loss", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("LoRA fine-tuning loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("lora-finetune", "torch", "transformers", "peft", "accelerate", "datasets",
+                "bitsandbytes"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(min(loss, 50.0))
+
+
+# --------------------------------------------------------------------------- the run
+def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
+                        dtype: torch.dtype) -> Any:
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio).
+        warmup_steps=float(cfg.warmup_ratio),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=min(cfg.logging_steps, cfg.steps),
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=min(cfg.eval_steps, cfg.steps) if has_eval else None,
+        save_strategy="steps",
+        save_steps=min(cfg.save_steps, cfg.steps),
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing
+        else None,
+        report_to="none",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=on_gpu,
+    )
+
+
+def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
+    """Run one fine-tuning job as configured and return where its outputs are."""
+    from datasets import Dataset
+    from transformers import Trainer, set_seed
+
+    work, resuming = check_output_dir(cfg)
+    set_seed(cfg.seed)
+
+    # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
+    #    any data is read or weights are loaded.
+    model_path = resolve_model(cfg.model_name, cfg.cache_dir)
+    model_config = read_model_config(model_path, cfg.trust_remote_code)
+    model_type = getattr(model_config, "model_type", "unknown")
+    targets = resolve_target_modules(cfg.target_modules,
+                                     meta_model(model_path, cfg.trust_remote_code), model_type)
+
+    # 2. Data.
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
+    data = prepare_data(cfg, tokenizer)
+
+    # 3. Model + LoRA.
+    model, dtype, quant_used, notes = load_model(
+        model_path, dtype=cfg.dtype, quantization=cfg.quantization,
+        trust_remote_code=cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
+    model = attach_lora(model, cfg, targets)
+    trainable, total = count_parameters(model)
+    log.info("LoRA on %s: %s trainable of %s parameters (%.3f%%)", ", ".join(targets),
+             f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+
+    # 4. Train.
+    args = build_training_args(cfg, work / "checkpoints", bool(data.eval), dtype)
+    trainer = Trainer(
+        model=model, args=args,
+        train_dataset=Dataset.from_list(data.train),
+        eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
+        data_collator=PadCollator(tokenizer.pad_token_id,
+                                  pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        processing_class=tokenizer,
+        callbacks=callbacks or [],
+    )
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=True if resuming else None)
+    runtime = time.perf_counter() - t0
+    eval_metrics = trainer.evaluate() if data.eval else {}
+
+    # 5. Save the self-describing folder.
+    resolved = {
+        "base_model": model_path,
+        "model_type": model_type,
+        "template": data.template,
+        "quantization": quant_used,
+        "dtype": str(dtype).replace("torch.", ""),
+        "target_modules": targets,
+        "eos_token": tokenizer.eos_token,
+        "notes": notes,
+        "data_sha256": data.data_sha256,
+        "versions": _versions(),
+    }
+    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    train_loss = out.training_loss
+    eval_loss = eval_metrics.get("eval_loss")
+    metrics = {
+        "train_loss": train_loss,
+        "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history)
+                                  if "loss" in h), None),
+        "eval_loss": eval_loss,
+        "eval_perplexity": _perplexity(eval_loss),
+        "train_runtime_s": round(runtime, 3),
+        "steps": trainer.state.global_step,
+        "real_tokens_seen": tokens_seen,
+        "real_tokens_per_second": round(tokens_seen / runtime, 2) if runtime > 0 else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "samples": {"train": len(data.train), "eval": len(data.eval),
+                    "dropped_too_long": data.stats.too_long},
+        "tokens": {"answer": data.stats.answer_tokens, "prompt_masked": data.stats.prompt_tokens},
+        "log_history": trainer.state.log_history,
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    save_adapter(trainer.model, work, cfg, model_path, targets)
+    tokenizer.save_pretrained(work)
+    cfg.save(work / RUN_CONFIG, extra=resolved)
+    (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_losses(trainer.state.log_history, work / LOSS_PLOT)
+    # Checkpoints hold optimizer state for resuming; a finished run does not need them.
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    write_manifest(work)
+    final = Path(cfg.output_dir)
+    _publish(work, final)
+    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Rename the finished work folder to output_dir (replacing it only under --overwrite)."""
+    import os
+    import uuid
+
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, final)
+
+
+def read_run_config(adapter_dir: Path) -> dict[str, Any]:
+    """The run_config.yaml saved with an adapter (empty dict if the folder has none)."""
+    import yaml
+
+    p = Path(adapter_dir) / RUN_CONFIG
+    if not p.is_file():
+        return {}
+    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+
+
+__all__ = ["train", "TrainResult", "prepare_data", "split_records", "attach_lora",
+           "read_run_config", "RUN_CONFIG", "METRICS", "LOSS_PLOT", "MANIFEST", "atomic_dir"]
