@@ -114,8 +114,8 @@ def _config_dict(path_or_config: Any) -> tuple[dict[str, Any], Path | None]:
     """(config as a dict, folder or None) from a folder path, a config dict or a config object."""
     if isinstance(path_or_config, (str, os.PathLike)):
         folder = Path(path_or_config)
-        if folder.is_file():
-            return _read_json(folder), None
+        if folder.is_file():  # a config.json path: its folder still holds the tokenizer files
+            return _read_json(folder), folder.parent
         return _read_json(folder / "config.json"), folder
     if isinstance(path_or_config, Mapping):
         return dict(path_or_config), None
@@ -357,16 +357,16 @@ def _check_representable(config: Mapping[str, Any], path: Path) -> None:
 
 def _stop_ids(version: ChatGLMVersion, config: Mapping[str, Any], src: Path) -> list[int]:
     eos = config.get("eos_token_id", 2)
-    if version == "glm4":
-        return list(eos) if isinstance(eos, list) else [eos]
+    eos_ids = [int(i) for i in eos] if isinstance(eos, list) else [int(eos)]
     if version != "chatglm3":
-        return [int(eos)]
+        return eos_ids
     specials = _special_token_ids(src)
     if specials is None:
         logger.warning("%s has no tokenizer.model, so the ids of <|user|> and <|observation|> are unknown; "
                        "generation_config.json will stop on eos only", src)
-        return [int(eos)]
-    return [int(eos), specials["<|user|>"], specials["<|observation|>"]]
+        return eos_ids
+    role_stops = [specials["<|user|>"], specials["<|observation|>"]]
+    return eos_ids + [i for i in role_stops if i not in eos_ids]
 
 
 def _special_token_ids(src: Path) -> dict[str, int] | None:
@@ -401,7 +401,7 @@ def glm_config_fields(src: Path, config: Mapping[str, Any], version: ChatGLMVers
         "eos_token_id": stop if len(stop) > 1 else stop[0],
         "bos_token_id": None,
         "use_cache": True,
-        "dtype": str(config.get("torch_dtype") or "float32").replace("torch.", ""),
+        "dtype": str(config.get("torch_dtype") or config.get("dtype") or "float32").replace("torch.", ""),
         "architectures": ["GlmForCausalLM"],
     }
 
@@ -630,6 +630,7 @@ class _Plan:
     rope: RopeReading
     dims: _Dims
     shards: _Shards
+    requested_version: ChatGLMVersion | None  # as given by the caller: part of the cache key
 
 
 def _plan(src: Path, version: ChatGLMVersion | None) -> _Plan:
@@ -640,6 +641,7 @@ def _plan(src: Path, version: ChatGLMVersion | None) -> _Plan:
     if not _is_chatglm_config(config):
         raise ModelError(f"{src / 'config.json'} has model_type {config.get('model_type')!r}, not 'chatglm'; "
                          "only remote-code ChatGLM checkpoints need converting.")
+    requested = version
     version = version or chatglm_version(src)
     if version == "chatglm":
         raise ModelError(f"{src} is a ChatGLM-6B (v1) checkpoint, whose 2D positions and GeLU MLP have no "
@@ -649,9 +651,22 @@ def _plan(src: Path, version: ChatGLMVersion | None) -> _Plan:
     dims = _dims(config, src / "config.json")
     rope = rope_reading(src, config, version)
     logger.info("rope_ratio reading for %s: %s (ratio %g; from %s)", src, rope.kind, rope.rope_ratio, rope.evidence)
+    _check_tokenizer_fits(src, version, dims)
     shards = _scan_shards(src)
     _check_names(shards, dims, src)
-    return _Plan(src, config, version, rope, dims, shards)
+    return _Plan(src, config, version, rope, dims, shards, requested)
+
+
+def _check_tokenizer_fits(src: Path, version: ChatGLMVersion, dims: _Dims) -> None:
+    model_file = src / "tokenizer.model"
+    if version not in ("chatglm2", "chatglm3") or not model_file.is_file():
+        return
+    specials = CHATGLM3_SPECIAL_TOKENS if version == "chatglm3" else CHATGLM2_SPECIAL_TOKENS
+    needed = len(_read_sentencepiece(model_file).pieces) + len(specials)
+    if needed > dims.vocab:
+        raise ModelError(f"{model_file} needs {needed} token ids with the {version} special tokens, but "
+                         f"config.json's padded_vocab_size is {dims.vocab}; the tokenizer does not belong to "
+                         "these weights. Copy the tokenizer.model from the same download.")
 
 
 def convert_chatglm(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
@@ -679,22 +694,53 @@ def convert_chatglm(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
 
 
 def _write_folder(plan: _Plan, out: Path) -> None:
-    from transformers import GenerationConfig, GlmConfig
+    from transformers import GlmConfig
 
     _write_weights(plan.src, plan.shards, plan.dims, out)
     fields = glm_config_fields(plan.src, plan.config, plan.version, plan.rope)
     GlmConfig(**fields).save_pretrained(out)
-    gen_source = plan.src / "generation_config.json"
-    gen = _read_json(gen_source) if gen_source.is_file() else {}
-    gen.pop("transformers_version", None)
-    gen.update(eos_token_id=fields["eos_token_id"], pad_token_id=fields["pad_token_id"])
-    GenerationConfig(**gen).save_pretrained(out)
+    _generation_config(plan.src, fields).save_pretrained(out)
     if (plan.src / "tokenizer.model").is_file() and plan.version in ("chatglm2", "chatglm3"):
         convert_chatglm_tokenizer(plan.src, out, version=plan.version)
     info = {"converter_version": CONVERTER_VERSION, "source": str(plan.src), "version": plan.version,
             "rope_reading": plan.rope.kind, "rope_ratio": plan.rope.rope_ratio,
-            "rope_evidence": plan.rope.evidence, "fingerprint": source_fingerprint(plan.src, plan.version)}
+            "rope_evidence": plan.rope.evidence, "fingerprint": source_fingerprint(plan.src, plan.requested_version)}
     (out / CONVERSION_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _generation_config(src: Path, fields: Mapping[str, Any]) -> Any:
+    """The source's generation settings (if any) with ChatGLM's stop and pad ids.
+
+    transformers refuses to save settings that contradict each other (temperature without
+    sampling, ...), so each source setting is kept only if the result still validates.
+    """
+    from transformers import GenerationConfig
+
+    kept = {"eos_token_id": fields["eos_token_id"], "pad_token_id": fields["pad_token_id"]}
+    source = src / "generation_config.json"
+    settings = _read_json(source) if source.is_file() else {}
+    dropped = []
+    for key, value in settings.items():
+        if key in kept or key == "transformers_version":
+            continue
+        if _valid_generation_config({**kept, key: value}):
+            kept[key] = value
+        else:
+            dropped.append(key)
+    if dropped:
+        logger.warning("not carrying %s from %s into the converted generation_config.json: transformers "
+                       "rejects them together with the other settings", ", ".join(dropped), source)
+    return GenerationConfig(**kept)
+
+
+def _valid_generation_config(settings: Mapping[str, Any]) -> bool:
+    from transformers import GenerationConfig
+
+    try:
+        GenerationConfig(**settings).validate(strict=True)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:
@@ -758,9 +804,13 @@ def ensure_native(src: str | os.PathLike[str], cache_root: str | os.PathLike[str
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         return convert_chatglm(src, dst, version=version)
-    except FileExistsError:
+    except (FileExistsError, ModelError) as exc:
+        # Another process may have finished the same conversion while this one ran.
         if _is_complete(dst, fingerprint):
+            logger.info("another process converted %s into %s first; using it", src, dst)
             return dst
+        if isinstance(exc, ModelError):
+            raise
         raise ModelError(f"{dst} appeared while converting {src} but is not a complete conversion; "
                          "delete it and try again.") from None
 
@@ -863,44 +913,51 @@ def _piece(raw: bytes) -> tuple[str, float, int]:
 # Fast tokenizer
 # --------------------------------------------------------------------------------------------
 
+# Both templates are prefix-stable: rendering the first k messages (with the generation prompt
+# when the next message is an answer) gives a prefix of rendering them all, which is what lets
+# templates.py cut a conversation into prompt and answer segments. Neither writes the eos after an
+# answer; the training code appends the tokenizer's eos (</s>) to each learned answer, as the
+# official fine-tuning scripts do.
+#
 # ChatGLM3: build_single_message() encodes "<|role|>", then f"{metadata}\n", then the content, each
 # with its own SentencePiece dummy prefix. The fast tokenizer gives every text run between special
 # tokens a dummy prefix too, so rendering "\n " before the content reproduces the separate encodes
-# (this is also the template the chatglm3-6b repository published). A finished conversation ends
-# with </s>, as the official fine-tuning scripts append eos after the last answer.
+# (the chatglm3-6b repository published the same "\n " template).
 CHATGLM3_CHAT_TEMPLATE = (
     "{{- '[gMASK]sop' -}}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'observation'] -%}"
-    "{{- raise_exception('ChatGLM3 knows the roles system, user, assistant and observation, not ' ~ message['role']) -}}"
+    "{{- raise_exception('ChatGLM3 knows the roles system, user, assistant and observation, not '"
+    " ~ message['role']) -}}"
     "{%- endif -%}"
     "{%- set content = message['content'] -%}"
     "{%- if message['role'] == 'system' and message['tools'] is defined and message['tools'] -%}"
     "{%- set content = content ~ '\\n' ~ (message['tools'] | tojson(indent=4)) -%}"
     "{%- endif -%}"
-    "{{- '<|' ~ message['role'] ~ '|>' ~ (message['metadata'] if message['metadata'] is defined and message['metadata'] else '') ~ '\\n' -}}"
+    "{%- set metadata = message['metadata'] if message['metadata'] is defined and message['metadata'] else '' -%}"
+    "{{- '<|' ~ message['role'] ~ '|>' ~ metadata ~ '\\n' -}}"
     "{%- if content -%}{{- ' ' ~ content -}}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}"
-    "{%- elif messages and messages[-1]['role'] == 'assistant' -%}{{- '</s>' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
 )
 
-# ChatGLM2: tokenizer.build_prompt() rounds, numbered from 1, after the [gMASK]sop prefix. Earlier
-# answers sit inside the prompt string; the final answer of a training conversation is encoded on
-# its own by the official ptuning script (so it gets a dummy prefix, rendered here as a leading
-# space) and followed by eos.
+# ChatGLM2: exactly tokenizer.build_prompt()'s rounds, numbered from 1, after the [gMASK]sop
+# prefix; the generation prompt is the round's trailing "答：" itself. The "\n\n" between an
+# answer and the next round is written with the next round, so a finished conversation ends with
+# the answer (the official ptuning script follows it with eos only).
 CHATGLM2_CHAT_TEMPLATE = (
     "{{- '[gMASK]sop' -}}"
     "{%- set ns = namespace(round=0) -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
+    "{%- if ns.round > 0 -%}{{- '\\n\\n' -}}{%- endif -%}"
     "{%- set ns.round = ns.round + 1 -%}"
     "{{- '[Round ' ~ ns.round ~ ']\\n\\n问：' ~ message['content'] ~ '\\n\\n答：' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{%- if loop.last -%}{{- ' ' ~ message['content'] ~ '</s>' -}}"
-    "{%- else -%}{{- message['content'] ~ '\\n\\n' -}}{%- endif -%}"
+    "{{- message['content'] -}}"
     "{%- else -%}"
-    "{{- raise_exception('ChatGLM2 has only user and assistant turns, not ' ~ message['role'] ~ '; put a system prompt into the first user message') -}}"
+    "{{- raise_exception('ChatGLM2 has only user and assistant turns, not ' ~ message['role']"
+    " ~ '; put a system prompt into the first user message') -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )
@@ -960,6 +1017,11 @@ def _fast_tokenizer(sp: _SentencePiece, specials: list[str], path: Path) -> Any:
     from tokenizers import AddedToken, Tokenizer, decoders, processors
 
     _check_tokenizer_support(sp, path)
+    user_defined = [p for p, _, t in sp.pieces if t == _USER_DEFINED]
+    if user_defined:
+        # SentencePiece matches these whole before segmenting; here they are ordinary pieces.
+        logger.warning("%s has %d user-defined pieces (%s); text containing them may be split differently "
+                       "from SentencePiece", path, len(user_defined), _listing(user_defined, 5))
     tokenizer = Tokenizer(_tokenizer_model(sp))
     tokenizer.normalizer = _normalizer(sp)
     tokenizer.decoder = decoders.Sequence(_decoder_steps(sp, decoders))
@@ -1095,6 +1157,47 @@ def chatglm_v1_prompt(history: list[tuple[str, str]], query: str) -> str:
     return f"{rounds}[Round {len(history)}]\n问：{query}\n答："
 
 
+@dataclass
+class ChatGLMV1Template:
+    """ChatGLM-6B v1 as a template for templates.py: (text, learn) segments of a record.
+
+    v1's fine-tuning script trains one answer per sample: earlier rounds are prompt text in
+    `chatglm_v1_prompt` form, and the tokens are prompt + [gMASK] <sop> + answer + <eop> (v1
+    puts its [gMASK] <sop> after the prompt, not in front). So only the last answer is learned,
+    together with the <sop> that opens it and the eos that closes it. v1 has no system role: a
+    system prompt is put in front of the first question.
+    """
+
+    eos_token: str = "<eop>"
+    name: str = "chatglm"
+    gmask_token: str = "[gMASK]"
+    sop_token: str = "<sop>"
+
+    def segments(self, record: dict[str, Any], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+        pairs, query, answer = self._rounds(record, add_generation_prompt)
+        prompt = chatglm_v1_prompt(pairs, query) + self.gmask_token
+        if answer is None:
+            return [(prompt + self.sop_token, False)]
+        return [(prompt, False), (self.sop_token + answer + self.eos_token, True)]
+
+    def _rounds(self, record: dict[str, Any], add_generation_prompt: bool
+                ) -> tuple[list[tuple[str, str]], str, str | None]:
+        from lora_finetune.templates import user_text
+
+        messages = list(record["messages"])
+        answer = None
+        if messages and messages[-1]["role"] == "assistant" and not add_generation_prompt:
+            answer = messages.pop()["content"]
+        if not messages or messages[-1]["role"] != "user":
+            raise ModelError("A ChatGLM-6B prompt must end with a user turn (the question to answer), but this "
+                             "record ends with an assistant turn. Drop the trailing answer to build a prompt.")
+        questions = [user_text(m) for m in messages if m["role"] == "user"]
+        replies = [m["content"] for m in messages if m["role"] == "assistant"]
+        if record.get("system"):
+            questions[0] = f"{record['system']}\n{questions[0]}"
+        return list(zip(questions[:-1], replies)), questions[-1], answer
+
+
 def _v1_advice() -> str:
     return (f"ChatGLM-6B (v1) runs only through its own remote code, which is known to work with transformers "
             f"{V1_TRANSFORMERS_RANGE_TEXT}. Install one of those (e.g. pip install 'transformers==4.27.1') "
@@ -1158,6 +1261,7 @@ __all__ = [
     "CHATGLM3_ROLE_TOKENS",
     "CHATGLM3_SPECIAL_TOKENS",
     "CHATGLM_V1_TARGETS",
+    "ChatGLMV1Template",
     "ChatGLMVersion",
     "RopeReading",
     "STOP_TOKENS",

@@ -103,6 +103,10 @@ class LoRAFinetuneConfig:
     """Recompute activations in the backward pass: less memory, ~30% slower."""
     packing: bool = False
     """Put several samples in one row (positions restart per sample, no cross-attention)."""
+    group_by_length: bool = True
+    """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
+    use_liger: str = "auto"
+    """liger-kernel fused ops (no full logits): `auto` (CUDA + installed + supported arch), `true`, `false`."""
 
     # --- run control ---
     overwrite: bool = False

@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from .collate import PadCollator
 from .config import LoRAFinetuneConfig
 from .data import dummy_rows, load_records, records_from_rows
 from .errors import ConfigError, DataError
 from .io import MANIFEST, atomic_dir, is_complete, write_manifest
+from .kernels import apply_liger  # throughput: fused kernels (kernels.py)
+from .packing import LENGTH_COLUMN, make_collator, with_lengths  # throughput: batch layout
 from .models import (count_parameters, load_model, load_tokenizer, meta_model, read_model_config,
                      resolve_model, resolve_target_modules)
 from .templates import EncodeStats, encode_records, get_template, resolve_template_name
@@ -240,6 +241,12 @@ def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=on_gpu,
+        # --- throughput (packing.py): length-grouped batches; DDP without unused-parameter scans
+        # (every LoRA weight takes part in every step) ---
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing
+        else "random",
+        length_column_name=LENGTH_COLUMN,
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -276,12 +283,16 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
 
     # 4. Train.
     args = build_training_args(cfg, work / "checkpoints", bool(data.eval), dtype)
+    # --- throughput (packing.py, kernels.py): collator, sample lengths, fused kernels ---
+    liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
+    if liger_note:
+        notes.append(liger_note)
     trainer = Trainer(
         model=model, args=args,
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
-        data_collator=PadCollator(tokenizer.pad_token_id,
-                                  pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        train_dataset=Dataset.from_list(with_lengths(data.train)),
+        eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
+        data_collator=make_collator(tokenizer.pad_token_id, packing=cfg.packing,
+                                    on_gpu=torch.cuda.is_available()),
         processing_class=tokenizer,
         callbacks=callbacks or [],
     )

@@ -1,0 +1,228 @@
+"""Folding an adapter into its base model: a standalone model folder, no PEFT needed to load it.
+
+    merge(adapter_dir, output_dir, dtype="bf16")
+
+1. The base named in the adapter's run_config.yaml is loaded *unquantised* in the output dtype
+   (an adapter trained on a 4-bit/8-bit base is merged onto the 16/32-bit weights: folding
+   B A into NF4 codes would round the update away). The adapter is attached with peft; both
+   LoRA backends save peft's format, so this covers `lora_backend: reference` too.
+2. Logits of base+adapter are taken on a few prompts in the training template, the adapter is
+   folded in (`merge_and_unload`: W += alpha/r * B A) and the model is saved as safetensors
+   shards with its config, the adapter's tokenizer, and a generation_config whose
+   `eos_token_id` lists every stop id (EOS and the template's end-of-turn token).
+3. The saved folder is loaded back with plain `AutoModelForCausalLM.from_pretrained` and its
+   logits are compared with those of step 2; the largest absolute difference is reported and
+   stored in `merge_info.json`.
+
+Everything is written into a temporary sibling, with a manifest, and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, ModelError
+from .inference import base_model_name, attach_adapter, stop_token_ids
+from .io import atomic_dir, verify_manifest, write_manifest
+from .models import load_model, load_tokenizer, resolve_model
+from .templates import encode_records, get_template
+from .train import read_run_config
+
+log = logging.getLogger(__name__)
+
+MERGE_INFO = "merge_info.json"
+DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+          "fp16": "fp16", "float16": "fp16"}
+# Logit differences above this (fp32) mean the merged model does not match base+adapter.
+FP32_TOLERANCE = 1e-3
+
+CHECK_RECORDS = [
+    {"system": None, "messages": [{"role": "user", "content": "中国的首都是哪里？", "input": ""},
+                                  {"role": "assistant", "content": "北京。", "input": ""}]},
+    {"system": None, "messages": [
+        {"role": "user", "content": "Translate into English.", "input": "我爱学习。"},
+        {"role": "assistant", "content": "I love learning.", "input": ""}]},
+    {"system": None, "messages": [
+        {"role": "user", "content": "What does LoRA stand for?", "input": ""},
+        {"role": "assistant", "content": "Low-Rank Adaptation.", "input": ""}]},
+]
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    dtype: str
+    base_model: str
+    max_abs_diff: float | None
+    """Largest |merged - (base+adapter)| logit over the check samples (None: check skipped)."""
+    check_tokens: int = 0
+    trained_quantization: str = "none"
+    """4bit/8bit when the adapter was trained on a quantised base (merged onto full weights)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output_dir"] = str(self.output_dir)
+        return d
+
+
+def _output_dtype(requested: str | None, run: dict[str, Any]) -> str:
+    if requested:
+        key = DTYPES.get(str(requested).lower())
+        if key is None:
+            raise ConfigError(f"--dtype {requested}: use bf16, fp16 or fp32.")
+        return key
+    trained = str((run.get("resolved") or {}).get("dtype") or run.get("dtype") or "fp32")
+    return DTYPES.get(trained.lower(), "fp32")
+
+
+def _trained_quantization(run: dict[str, Any]) -> tuple[str, str]:
+    """(quantization the base had during training, what the config asked for)."""
+    asked = str(run.get("quantization") or "none")
+    resolved = run.get("resolved") or {}
+    used = str(resolved.get("quantization") or asked)
+    return used, asked
+
+
+@torch.inference_mode()
+def _logits(model: Any, samples: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    out = []
+    for ids in samples:
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        out.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().cpu())
+    return out
+
+
+def _check_samples(tokenizer: Any, run: dict[str, Any]) -> list[list[int]]:
+    resolved = run.get("resolved") or {}
+    try:
+        tmpl = get_template(resolved.get("template") or run.get("template", "auto"), tokenizer,
+                            run.get("system_prompt"))
+        encoded, _ = encode_records(CHECK_RECORDS, tokenizer, tmpl, max_length=10 ** 6)
+        samples = [e.input_ids for e in encoded]
+    except Exception as e:  # an odd template must not block the merge; fixed text then
+        log.debug("merge check: template failed (%s); using plain strings", e)
+        samples = []
+    if not samples:
+        samples = [tokenizer(t)["input_ids"] for t in ("Hello, LoRA!", "中国的首都是北京。")]
+    return [s for s in samples if s]
+
+
+def merge(adapter_dir: str | Path, output_dir: str | Path, *, dtype: str | None = None,
+          overwrite: bool = False, check: bool = True, base_model: str | None = None,
+          max_shard_size: str | int = "2GB", device: str | None = None,
+          trust_remote_code: bool | None = None) -> MergeResult:
+    """Fold the adapter in `adapter_dir` into its base and write a standalone model folder.
+
+    dtype: bf16, fp16 or fp32 (default: the dtype the adapter was trained in). The merge and
+    the check run on `device` (default CPU, which holds any model that fits in RAM).
+    """
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir} is not an adapter folder (no adapter_config.json). "
+                         "Point --adapter at the output_dir of a training run.")
+    verify_manifest(adapter_dir)
+    if output_dir.resolve() == adapter_dir.resolve() or \
+            adapter_dir.resolve() in output_dir.resolve().parents:
+        raise ConfigError(f"--output {output_dir} is (inside) the adapter folder; the merged "
+                          "model is a separate folder. Choose another --output.")
+    if output_dir.exists() and not overwrite:
+        raise ConfigError(f"{output_dir} already exists; pass --overwrite to replace it, or "
+                          "choose another --output.")
+    run = read_run_config(adapter_dir)
+    name = base_model_name(run, base_model)
+    if not name:
+        raise ModelError(f"{adapter_dir} has no run_config.yaml naming the base model. Pass "
+                         "--base_model NAME_OR_PATH.")
+    trc = trust_remote_code if trust_remote_code is not None else bool(
+        run.get("trust_remote_code", False))
+    cache = Path(run["cache_dir"]) if run.get("cache_dir") else None
+    path = resolve_model(str(name), cache) if not Path(str(name)).is_dir() else str(name)
+    out_dtype = _output_dtype(dtype, run)
+    notes: list[str] = []
+    used_q, asked_q = _trained_quantization(run)
+    if used_q in ("4bit", "8bit"):
+        notes.append(f"the adapter was trained on a {used_q} base; it is merged onto the base "
+                     f"reloaded unquantised in {out_dtype}, never onto quantised weights")
+    elif asked_q in ("4bit", "8bit"):
+        notes.append(f"the run asked for {asked_q} but trained on full-precision weights (no "
+                     f"CUDA/bitsandbytes then); merging onto the {out_dtype} base")
+    for n in notes:
+        log.info("merge: %s", n)
+
+    tok_src = str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else path
+    tokenizer = load_tokenizer(tok_src, trc)
+    model, torch_dtype, _, _ = load_model(path, dtype=out_dtype, quantization="none",
+                                          trust_remote_code=trc, for_training=False)
+    dev = torch.device(device or "cpu")
+    model = attach_adapter(model, adapter_dir).to(dev).eval()
+    samples = _check_samples(tokenizer, run) if check else []
+    reference = _logits(model, samples, dev) if check else []
+
+    merged = model.merge_and_unload()
+    del model
+    tmpl = None
+    try:
+        resolved = run.get("resolved") or {}
+        tmpl = get_template(resolved.get("template") or run.get("template", "auto"), tokenizer,
+                            run.get("system_prompt"))
+    except Exception as e:  # stop ids from EOS alone then
+        log.debug("merge: no template for stop ids (%s)", e)
+    stops = stop_token_ids(tokenizer, merged, tmpl)
+    gen = merged.generation_config
+    gen.eos_token_id = stops if len(stops) > 1 else (stops[0] if stops else None)
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+
+    result = MergeResult(output_dir, out_dtype, str(name), None,
+                         sum(len(s) for s in samples), used_q, stops, notes)
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
+        merged.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        if trc and Path(path).is_dir():  # remote-code models need their .py files alongside
+            for py in Path(path).glob("*.py"):
+                shutil.copy2(py, tmp / py.name)
+        del merged
+        if check:
+            result.max_abs_diff = _compare_saved(tmp, samples, reference, torch_dtype, trc, dev)
+            tol = FP32_TOLERANCE if torch_dtype == torch.float32 else None
+            if tol is not None and result.max_abs_diff > tol:
+                log.warning("merged logits differ from base+adapter by up to %.3g (> %g)",
+                            result.max_abs_diff, tol)
+        info = {**result.to_json(), "adapter_dir": str(adapter_dir.resolve()),
+                "base_path": str(path), "check_samples": len(samples)}
+        info.pop("output_dir")
+        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False),
+                                      encoding="utf-8")
+        write_manifest(tmp)
+    return result
+
+
+def _compare_saved(folder: Path, samples: list[list[int]], reference: list[torch.Tensor],
+                   torch_dtype: torch.dtype, trust_remote_code: bool, dev: torch.device
+                   ) -> float:
+    """Load the written folder with plain transformers and compare its logits."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    again.to(dev).eval()
+    got = _logits(again, samples, dev)
+    del again
+    return max((float((a - b).abs().max()) for a, b in zip(got, reference)), default=0.0)
+
+
+__all__ = ["merge", "MergeResult", "MERGE_INFO"]
