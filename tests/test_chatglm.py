@@ -248,6 +248,7 @@ ROPE_CASES = [
     # (config changes, files next to the weights, expected reading)
     ({"_name_or_path": "THUDM/chatglm2-6b-32k"}, {}, "scale_positions"),
     ({"_name_or_path": "THUDM/chatglm3-6b-32k"}, {}, "scale_base"),
+    ({"_name_or_path": "THUDM/glm-4-9b-chat"}, {}, "scale_base"),
     ({"_name_or_path": None}, {"modeling_chatglm.py": CHATGLM2_32K_CODE}, "scale_positions"),
     ({"_name_or_path": None}, {"modeling_chatglm.py": CHATGLM3_CODE}, "scale_base"),
     # The shipped code outranks the name (a ChatGLM3 fine-tune saved under a chatglm2 name).

@@ -47,7 +47,7 @@ CONVERSION_INFO = "lora_finetune_conversion.json"
 # Fields only ChatGLM-6B (v1) configs have, and fields only the ChatGLM2/3/GLM-4 generation has.
 _V1_FIELDS = ("position_encoding_2d", "inner_hidden_size")
 _V2_FIELDS = ("multi_query_group_num", "padded_vocab_size", "ffn_hidden_size", "kv_channels", "seq_length")
-_V1_NAME_RE = re.compile(r"chatglm-?6b(?![-_]?(?:2|3))", re.IGNORECASE)
+_V1_NAME_RE = re.compile(r"chatglm-6b", re.IGNORECASE)  # not chatglm2-6b / chatglm3-6b
 
 # The special tokens ChatGLM's SPTokenizer appends after the SentencePiece vocabulary, in its order:
 # the ids are n, n+1, ... where n is the SentencePiece vocabulary size.

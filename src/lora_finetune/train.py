@@ -25,7 +25,9 @@ import torch
 
 from .config import LoRAFinetuneConfig
 from .data import dummy_rows, load_records, records_from_rows
-from .errors import ConfigError, DataError
+from .callbacks import (CheckpointMarker, HealthCallback, InterruptCallback,
+                        last_complete_checkpoint)
+from .errors import ConfigError, DataError, TrainingError
 from .io import MANIFEST, atomic_dir, is_complete, write_manifest
 from .kernels import apply_liger  # throughput: fused kernels (kernels.py)
 from .packing import LENGTH_COLUMN, make_collator, with_lengths  # throughput: batch layout
@@ -139,27 +141,28 @@ def _work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, bool]:
-    """Where this run works, and whether it resumes; refuses to clobber earlier work."""
+def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
+    """Where this run works, and the checkpoint it resumes from; refuses to clobber work."""
     out = Path(cfg.output_dir)
     work = _work_dir(out)
-    ckpt_dir = work / "checkpoints"
-    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
+    ckpt = last_complete_checkpoint(work / "checkpoints")
     if cfg.resume == "auto":
-        if has_ckpt:
-            return work, True
-        log.warning("resume: auto but no checkpoint of an interrupted run in %s; starting fresh",
-                    work)
+        if ckpt is not None:
+            log.info("resuming from %s", ckpt)
+            return work, ckpt
+        log.warning("resume: auto, but %s holds no complete checkpoint; starting from scratch",
+                    work / "checkpoints")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         kind = "a finished run" if is_complete(out) else "files"
         raise ConfigError(f"output_dir {out} already holds {kind}. Pass --overwrite to replace "
                           "it, or choose another --output_dir.")
-    if has_ckpt and not cfg.overwrite:
-        raise ConfigError(f"An interrupted run left checkpoints in {ckpt_dir}. Continue it with "
-                          "--resume auto, or pass --overwrite to start over.")
-    if work.exists():
+    if ckpt is not None and not cfg.overwrite:
+        raise ConfigError(f"An interrupted run left a checkpoint in {ckpt}. Continue it with "
+                          "`lora-finetune train --resume` (same settings), or pass --overwrite "
+                          "to start over.")
+    if work.exists():  # leftovers of a run that died before its first checkpoint
         shutil.rmtree(work)
-    return work, False
+    return work, None
 
 
 # --------------------------------------------------------------------------- metrics and plot
@@ -240,6 +243,7 @@ def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
         report_to="none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # show NaN/inf losses: HealthCallback stops on them
         dataloader_pin_memory=on_gpu,
         # --- throughput (packing.py): length-grouped batches; DDP without unused-parameter scans
         # (every LoRA weight takes part in every step) ---
@@ -252,10 +256,9 @@ def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
 
 def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
     """Run one fine-tuning job as configured and return where its outputs are."""
-    from datasets import Dataset
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
-    work, resuming = check_output_dir(cfg)
+    work, resume_from = check_output_dir(cfg)
     set_seed(cfg.seed)
 
     # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
@@ -282,26 +285,15 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
              f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
     # 4. Train.
-    args = build_training_args(cfg, work / "checkpoints", bool(data.eval), dtype)
-    # --- throughput (packing.py, kernels.py): collator, sample lengths, fused kernels ---
+    # --- throughput (kernels.py): fused kernels where installed and supported ---
     liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
     if liger_note:
         notes.append(liger_note)
-    trainer = Trainer(
-        model=model, args=args,
-        train_dataset=Dataset.from_list(with_lengths(data.train)),
-        eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
-        data_collator=make_collator(tokenizer.pad_token_id, packing=cfg.packing,
-                                    on_gpu=torch.cuda.is_available()),
-        processing_class=tokenizer,
-        callbacks=callbacks or [],
-    )
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=True if resuming else None)
-    runtime = time.perf_counter() - t0
-    eval_metrics = trainer.evaluate() if data.eval else {}
+    trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype,
+                            callbacks or [])
+    runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
 
-    # 5. Save the self-describing folder.
+    # 5. Save the self-describing folder (rank 0 only under DDP).
     resolved = {
         "base_model": model_path,
         "model_type": model_type,
@@ -314,13 +306,94 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         "data_sha256": data.data_sha256,
         "versions": _versions(),
     }
+    metrics = collect_metrics(trainer, runtime, eval_metrics, data, trainable, total)
+    final = Path(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        work.mkdir(parents=True, exist_ok=True)
+        save_adapter(trainer.model, work, cfg, model_path, targets)
+        tokenizer.save_pretrained(work)
+        cfg.save(work / RUN_CONFIG, extra=resolved)
+        (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False),
+                                    encoding="utf-8")
+        plot_losses(trainer.state.log_history, work / LOSS_PLOT)
+        # Checkpoints hold optimizer state for resuming; a finished run does not need them.
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        write_manifest(work)
+        _publish(work, final)
+    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
+
+
+def build_trainer(cfg: LoRAFinetuneConfig, model: Any, tokenizer: Any, data: PreparedData,
+                  ckpt_dir: Path, dtype: torch.dtype, callbacks: list[Any]) -> Any:
+    from datasets import Dataset
+    from transformers import Trainer
+
+    args = build_training_args(cfg, ckpt_dir, bool(data.eval), dtype)
+    # --- throughput (packing.py): collator (padding or packing) and sample lengths ---
+    return Trainer(
+        model=model, args=args,
+        train_dataset=Dataset.from_list(with_lengths(data.train)),
+        eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
+        data_collator=make_collator(tokenizer.pad_token_id, packing=cfg.packing,
+                                    on_gpu=torch.cuda.is_available()),
+        processing_class=tokenizer,
+        callbacks=[HealthCallback(), InterruptCallback(), CheckpointMarker(), *callbacks],
+    )
+
+
+def _callback(trainer: Any, kind: type) -> Any:
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, kind))
+
+
+def run_trainer(trainer: Any, resume_from: Path | None, ckpt_dir: Path
+                ) -> tuple[float, dict[str, float]]:
+    """trainer.train() with the failures users hit turned into advice, never lost work."""
+    health = _callback(trainer, HealthCallback)
+    interrupt = _callback(trainer, InterruptCallback)
+    interrupt.install()
+    t0 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(
+            f"Out of GPU memory ({str(e).splitlines()[0][:160]}). Lower batch_size (raise "
+            "gradient_accumulation_steps to keep the same effective batch), lower max_length, "
+            "turn on gradient_checkpointing: true, or load the base with quantization: 4bit. "
+            "`lora-finetune estimate --model_name ... --budget 24GB` suggests settings that fit. "
+            + _resume_hint(ckpt_dir)) from None
+    finally:
+        interrupt.uninstall()
+    runtime = time.perf_counter() - t0
+    if health.problem:
+        raise TrainingError(
+            f"Training stopped: {health.problem}. The loss or gradients became NaN/inf. Common "
+            "fixes: use dtype: bf16 instead of fp16 (fp16 overflows), lower learning_rate "
+            "(e.g. by 3-10x), keep max_grad_norm: 1.0, and check the data for empty answers. "
+            + _resume_hint(ckpt_dir, good=True))
+    if interrupt.signal is not None:
+        raise TrainingError(f"Training interrupted at step {trainer.state.global_step}. "
+                            + _resume_hint(ckpt_dir), )
+    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    return runtime, eval_metrics
+
+
+def _resume_hint(ckpt_dir: Path, good: bool = False) -> str:
+    ckpt = last_complete_checkpoint(ckpt_dir)
+    if ckpt is None:
+        return "No checkpoint was written yet (see save_steps)."
+    return (f"The last {'good ' if good else ''}checkpoint is {ckpt}; continue with "
+            "`lora-finetune train --resume` and the same settings.")
+
+
+def collect_metrics(trainer: Any, runtime: float, eval_metrics: dict[str, float],
+                    data: PreparedData, trainable: int, total: int) -> dict[str, Any]:
+    history = trainer.state.log_history
     tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    train_loss = out.training_loss
     eval_loss = eval_metrics.get("eval_loss")
-    metrics = {
-        "train_loss": train_loss,
-        "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history)
-                                  if "loss" in h), None),
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    return {
+        "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
+        "final_train_loss": train_losses[-1] if train_losses else None,
         "eval_loss": eval_loss,
         "eval_perplexity": _perplexity(eval_loss),
         "train_runtime_s": round(runtime, 3),
@@ -332,20 +405,8 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         "samples": {"train": len(data.train), "eval": len(data.eval),
                     "dropped_too_long": data.stats.too_long},
         "tokens": {"answer": data.stats.answer_tokens, "prompt_masked": data.stats.prompt_tokens},
-        "log_history": trainer.state.log_history,
+        "log_history": history,
     }
-    work.mkdir(parents=True, exist_ok=True)
-    save_adapter(trainer.model, work, cfg, model_path, targets)
-    tokenizer.save_pretrained(work)
-    cfg.save(work / RUN_CONFIG, extra=resolved)
-    (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    plot_losses(trainer.state.log_history, work / LOSS_PLOT)
-    # Checkpoints hold optimizer state for resuming; a finished run does not need them.
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    write_manifest(work)
-    final = Path(cfg.output_dir)
-    _publish(work, final)
-    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
 
 
 def _publish(work: Path, final: Path) -> None:
