@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +258,14 @@ def load_model(path: str, *, dtype: str = "auto", quantization: str = "none",
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _hub_error(path, e) from None
+    except pickle.UnpicklingError as e:
+        # transformers reads .bin files with torch.load(weights_only=True): a pickle that would
+        # run code (or build anything but tensors) is refused before it can.
+        detail = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln), str(e)[:200])
+        raise ModelError(
+            f"Refused to load the pickled .bin weights in {path}: they contain more than plain "
+            f"tensors ({detail.strip()}), which could run code on your machine. Use a "
+            "safetensors copy of the model from a source you trust.") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelError(

@@ -69,12 +69,13 @@ VERBS: dict[str, tuple[Callable[..., int], str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lora-finetune",
+    # allow_abbrev=False: `--r 8` must reach the config as `r`, not be taken for `--resume`.
+    p = argparse.ArgumentParser(prog="lora-finetune", allow_abbrev=False,
                                 description="LoRA / QLoRA fine-tuning for ChatGLM and Qwen-class "
                                             "causal language models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    t = sub.add_parser("train", help=VERBS["train"][1], epilog=_train_help(),
+    t = sub.add_parser("train", help=VERBS["train"][1], epilog=_train_help(), allow_abbrev=False,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", type=Path, help="YAML or JSON config file")
     t.add_argument("--resume", action="store_true",
