@@ -84,3 +84,34 @@ def test_quantization_without_cuda_falls_back_and_records(tiny_models):
     model, dtype, used, notes = load_model(str(tiny_models["qwen3"]), quantization="4bit")
     assert used == "none" and dtype == torch.float32
     assert notes and "4bit" in notes[0] and "full-precision" in notes[0]
+
+
+def test_chatglm_v1_stand_in_tree_targets_and_template():
+    """ChatGLM-6B v1 module names (a stand-in tree: the real model needs its remote code)."""
+    from lora_finetune.templates import get_template, resolve_template_name
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.ModuleDict({"query_key_value": nn.Linear(8, 24),
+                                            "dense": nn.Linear(8, 8)})
+            self.mlp = nn.ModuleDict({"dense_h_to_4h": nn.Linear(8, 32),
+                                      "dense_4h_to_h": nn.Linear(32, 8)})
+
+    class ChatGLMStandIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.ModuleDict({"layers": nn.ModuleList([Layer(), Layer()])})
+            self.lm_head = nn.Linear(8, 100)
+
+    assert resolve_target_modules("auto", ChatGLMStandIn(), "chatglm") == AUTO_TARGETS["chatglm"]
+
+    class Tok:
+        chat_template = None
+        eos_token = "<eop>"
+
+    assert resolve_template_name("auto", Tok(), "chatglm") == "chatglm"
+    tmpl = get_template("chatglm", Tok())
+    rec = {"system": None, "messages": [{"role": "user", "content": "你好", "input": ""},
+                                        {"role": "assistant", "content": "你好！", "input": ""}]}
+    assert tmpl.segments(rec) == [("你好[gMASK]", False), ("<sop>你好！<eop>", True)]

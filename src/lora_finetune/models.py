@@ -252,10 +252,23 @@ def load_model(path: str, *, dtype: str = "auto", quantization: str = "none",
             kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
     elif device_map is not None:
         kwargs["device_map"] = device_map
+    is_v1 = _is_chatglm_v1(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*generation flags.*")
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            if is_v1:
+                # ChatGLM-6B v1 registers no causal-LM class: its own code, through AutoModel.
+                from transformers import AutoModel
+
+                model = AutoModel.from_pretrained(path, **kwargs)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (AttributeError, TypeError, ImportError) as e:
+        if is_v1:
+            from .chatglm import explain_v1_load_failure
+
+            raise explain_v1_load_failure(e) from None
+        raise
     except OSError as e:
         raise _hub_error(path, e) from None
     except pickle.UnpicklingError as e:
@@ -298,7 +311,24 @@ def meta_model(path: str, trust_remote_code: bool = False) -> nn.Module:
     config = read_model_config(path, trust_remote_code)
     with init_empty_weights(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if getattr(config, "model_type", None) == "chatglm":  # v1: AutoModel only
+            from transformers import AutoModel
+
+            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _is_chatglm_v1(path: str) -> bool:
+    """A ChatGLM folder left as it is by resolve_model (v2/v3 are converted to native GLM)."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "chatglm"
+    except ValueError:
+        return False
 
 
 def _suffix(name: str) -> str:

@@ -168,8 +168,10 @@ def _common_prefix(a: str, b: str) -> int:
 TEMPLATE_NAMES = ("auto", "chat", "seed", "chatglm3", "chatglm2", "chatglm")
 
 
-def resolve_template_name(name: str, tokenizer: Any) -> str:
+def resolve_template_name(name: str, tokenizer: Any, model_type: str | None = None) -> str:
     if name == "auto":
+        if model_type == "chatglm":  # ChatGLM-6B v1 (v2/v3 are converted and carry a template)
+            return "chatglm"
         return "chat" if getattr(tokenizer, "chat_template", None) else "seed"
     return name
 

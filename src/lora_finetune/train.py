@@ -81,14 +81,15 @@ def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list,
     return ([records[i] for i in order if i not in held], [records[i] for i in order[:n_eval]])
 
 
-def prepare_data(cfg: LoRAFinetuneConfig, tokenizer: Any) -> PreparedData:
+def prepare_data(cfg: LoRAFinetuneConfig, tokenizer: Any, model_type: str | None = None
+                 ) -> PreparedData:
     if cfg.data_path is None:
         records = records_from_rows(dummy_rows(), source="build_dummy_dataset()")
         sha = None
     else:
         records = load_records(cfg.data_path, cfg.data_format)
         sha = _sha256(Path(cfg.data_path))
-    template_name = resolve_template_name(cfg.template, tokenizer)
+    template_name = resolve_template_name(cfg.template, tokenizer, model_type)
     template = get_template(template_name, tokenizer, cfg.system_prompt)
     train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
     train_enc, stats = encode_records(train_recs, tokenizer, template, cfg.max_length)
@@ -271,7 +272,7 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
 
     # 2. Data.
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
-    data = prepare_data(cfg, tokenizer)
+    data = prepare_data(cfg, tokenizer, model_type)
 
     # 3. Model + LoRA.
     model, dtype, quant_used, notes = load_model(
