@@ -751,3 +751,18 @@ def test_train_and_generate_on_a_chatglm3_folder_natively(spm_folder, tmp_path, 
     rec = {"system": None, "messages": [{"role": "user", "content": "你好", "input": ""}]}
     [out] = generate(im, [rec], max_new_tokens=4)
     assert out["tokens"] <= 4
+
+
+def test_convert_chatglm_command(spm_folder, tmp_path, capsys):
+    from lora_finetune.cli import main
+
+    folder, sp = spm_folder
+    cfg = config(padded_vocab_size=sp.vocab_size() + 12)
+    src = write_checkpoint(tmp_path / "chatglm3", cfg, random_state_dict(cfg))
+    (src / "tokenizer.model").write_bytes((folder / "tokenizer.model").read_bytes())
+    assert main(["convert-chatglm", str(src), str(tmp_path / "native")]) == 0
+    assert (tmp_path / "native" / "manifest.json").is_file()
+    assert "native GlmForCausalLM" in capsys.readouterr().out
+    # a second run refuses to overwrite, with exit code 2 and a message
+    assert main(["convert-chatglm", str(src), str(tmp_path / "native")]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -706,6 +706,9 @@ def _write_folder(plan: _Plan, out: Path) -> None:
             "rope_reading": plan.rope.kind, "rope_ratio": plan.rope.rope_ratio,
             "rope_evidence": plan.rope.evidence, "fingerprint": source_fingerprint(plan.src, plan.requested_version)}
     (out / CONVERSION_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    from .io import write_manifest
+
+    write_manifest(out)  # written last: loading checks the folder against it
 
 
 def _generation_config(src: Path, fields: Mapping[str, Any]) -> Any:
