@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_finetune.data import (build_dummy_dataset, dummy_rows, load_records, normalize_row,
-                                read_rows)
+from lora_finetune.data import (build_dummy_dataset, dummy_rows, load_records, normalize_row)
 from lora_finetune.errors import DataError, LoraFinetuneError
 
 ALPACA = [{"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},

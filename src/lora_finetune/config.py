@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -376,4 +376,4 @@ def describe_fields() -> str:
 
 
 __all__ = ["LoRAFinetuneConfig", "load_config", "build_config", "read_config_file",
-           "parse_overrides", "describe_fields", "FIELD_NAMES", "field"]
+           "parse_overrides", "describe_fields", "FIELD_NAMES"]

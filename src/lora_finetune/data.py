@@ -97,11 +97,6 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
                 from None
 
 
-def _line_of(text: str, obj_index: int, starts: list[int]) -> str:
-    return f"record {obj_index + 1} (line {text.count(chr(10), 0, starts[obj_index]) + 1})" \
-        if obj_index < len(starts) else f"record {obj_index + 1}"
-
-
 def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(text)

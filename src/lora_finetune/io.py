@@ -66,15 +66,23 @@ def atomic_dir(dst: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if dst.exists():
-            if not overwrite:
-                raise LoraFinetuneError(f"{dst} already exists; pass --overwrite to replace it.")
-            old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        if dst.exists() and not overwrite:
+            raise LoraFinetuneError(f"{dst} already exists; pass --overwrite to replace it.")
+        replace_dir(tmp, dst)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder `src` to `dst`, replacing an existing `dst` (two renames; the old
+    folder is deleted only after the new one is in place)."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -28,7 +28,7 @@ from .data import dummy_rows, load_records, records_from_rows
 from .callbacks import (CheckpointMarker, HealthCallback, InterruptCallback,
                         last_complete_checkpoint)
 from .errors import ConfigError, DataError, TrainingError
-from .io import MANIFEST, atomic_dir, is_complete, write_manifest
+from .io import MANIFEST, is_complete, replace_dir, write_manifest
 from .kernels import apply_liger  # throughput: fused kernels (kernels.py)
 from .packing import LENGTH_COLUMN, make_collator, with_lengths  # throughput: batch layout
 from .models import (count_parameters, load_model, load_tokenizer, meta_model, read_model_config,
@@ -320,7 +320,7 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         # Checkpoints hold optimizer state for resuming; a finished run does not need them.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         write_manifest(work)
-        _publish(work, final)
+        replace_dir(work, final)
     return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
 
 
@@ -410,21 +410,6 @@ def collect_metrics(trainer: Any, runtime: float, eval_metrics: dict[str, float]
     }
 
 
-def _publish(work: Path, final: Path) -> None:
-    """Rename the finished work folder to output_dir (replacing it only under --overwrite)."""
-    import os
-    import uuid
-
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, final)
-
-
 def read_run_config(adapter_dir: Path) -> dict[str, Any]:
     """The run_config.yaml saved with an adapter (empty dict if the folder has none)."""
     import yaml
@@ -436,4 +421,4 @@ def read_run_config(adapter_dir: Path) -> dict[str, Any]:
 
 
 __all__ = ["train", "TrainResult", "prepare_data", "split_records", "attach_lora",
-           "read_run_config", "RUN_CONFIG", "METRICS", "LOSS_PLOT", "MANIFEST", "atomic_dir"]
+           "read_run_config", "RUN_CONFIG", "METRICS", "LOSS_PLOT", "MANIFEST"]

@@ -7,13 +7,12 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from ..errors import LoraFinetuneError
 
@@ -88,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each module here has `register(subparsers)`, adding its verbs with `set_defaults(func=...)`;
 # `func(args) -> int` does the work. Imports inside the functions keep `--help` fast.
-VERB_MODULES: list[str] = ["use"]
+VERB_MODULES: list[str] = ["convert", "use"]
 
 
 def main(argv: list[str] | None = None) -> int:
