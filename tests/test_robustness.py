@@ -180,3 +180,20 @@ def test_remote_code_is_off_by_default_with_a_clear_message(tmp_path):
     with pytest.raises(ModelError) as e:
         read_model_config(str(folder))
     assert "trust_remote_code" in str(e.value) and "trust" in str(e.value)
+
+
+def test_truncated_adapter_folder_names_the_file(tiny_qwen3, tmp_path):
+    from lora_finetune.errors import LoraFinetuneError
+    from lora_finetune.inference import load_for_inference
+
+    res = train(_cfg(tiny_qwen3, tmp_path / "run", steps=2))
+    tokenizer = res.output_dir / "tokenizer.json"
+    saved = tokenizer.read_bytes()
+    tokenizer.unlink()                                        # a file that never arrived
+    with pytest.raises(LoraFinetuneError, match="incomplete: tokenizer.json is missing"):
+        load_for_inference(res.output_dir)
+    tokenizer.write_bytes(saved)
+    weights = res.output_dir / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])           # a half-copied file
+    with pytest.raises(LoraFinetuneError, match="adapter_model.safetensors has 100 bytes"):
+        load_for_inference(res.output_dir)

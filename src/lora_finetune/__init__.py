@@ -4,7 +4,8 @@ Public API (imports are lazy so `import lora_finetune` stays fast):
 
     from lora_finetune import LoRAFinetuneConfig, load_config, train
     from lora_finetune import build_dummy_dataset, format_sample, tokenize
-    from lora_finetune import load_for_inference, generate
+    from lora_finetune import load_for_inference, generate, answer, generate_file
+    from lora_finetune import evaluate, merge, list_modules, ChatSession
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ _EXPORTS = {
     "format_sample": "templates", "tokenize": "templates",
     "train": "train", "TrainResult": "train",
     "load_for_inference": "inference", "generate": "inference", "answer": "inference",
+    "generate_file": "inference", "evaluate": "evaluate", "merge": "merge",
+    "list_modules": "layers", "ChatSession": "chat",
     "LoraFinetuneError": "errors",
 }
 

@@ -9,8 +9,9 @@ CLI (`lora-finetune chat`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 from .errors import LoraFinetuneError
 from .inference import InferenceModel, stream_ids
@@ -65,7 +66,8 @@ class GenerationSettings:
         try:
             new = kind(value)
         except ValueError:
-            raise ChatCommandError(f"/set {name}: `{value}` is not a{'n integer' if kind is int else ' number'}.") from None
+            what = "an integer" if kind is int else "a number"
+            raise ChatCommandError(f"/set {name}: `{value}` is not {what}.") from None
         old = getattr(self, key)
         setattr(self, key, new)
         try:
@@ -118,9 +120,17 @@ class ChatSession:
     def send(self, user_text: str, on_text: Callable[[str], Any] | None = None) -> ChatReply:
         """Answer `user_text`, streaming to `on_text`; the round joins the history."""
         ids, dropped = self.prompt_ids(user_text)
-        self.last_prompt_ids = ids
         s = self.settings
-        out = stream_ids(self.im, ids, on_text=on_text, max_new_tokens=s.max_new_tokens,
+        max_new = s.max_new_tokens
+        limit = self.im.context_length()
+        if limit is not None and len(ids) + max_new > limit:
+            max_new = limit - len(ids)  # even alone the message leaves less room than asked
+            if max_new <= 0:
+                raise ChatCommandError(
+                    f"the message is {len(ids)} tokens with the template, and the model reads "
+                    f"at most {limit}; send a shorter message.")
+        self.last_prompt_ids = ids
+        out = stream_ids(self.im, ids, on_text=on_text, max_new_tokens=max_new,
                          temperature=s.temperature, top_p=s.top_p,
                          repetition_penalty=s.repetition_penalty)
         if dropped:
@@ -156,4 +166,4 @@ class ChatSession:
         raise ChatCommandError(f"unknown command `{parts[0]}`; /help lists the commands.")
 
 
-__all__ = ["ChatSession", "ChatReply", "GenerationSettings", "ChatCommandError", "HELP"]
+__all__ = ["HELP", "ChatCommandError", "ChatReply", "ChatSession", "GenerationSettings"]

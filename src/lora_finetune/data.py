@@ -118,15 +118,16 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         yield f"record {i + 1}", row
 
 
-def _read_csv(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def _read_csv(path: Path, text: str, require_answer: bool = True) -> Iterator[tuple[str, Any]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     if not header:
         return
-    if "instruction" not in header or "output" not in header:
+    required = ("instruction", "output") if require_answer else ("instruction",)
+    if any(col not in header for col in required):
         known = ", ".join(f"`{h}`" for h in header)
         fixes = []
-        for want in ("instruction", "output"):
+        for want in required:
             if want not in header:
                 close = difflib.get_close_matches(want, header, n=1, cutoff=0.5)
                 fixes.append(f"rename `{close[0]}` to `{want}`" if close else f"add a `{want}` column")
@@ -158,8 +159,10 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"row {i + 1}", row
 
 
-def read_rows(path: Path | str) -> list[tuple[str, Any]]:
-    """Raw rows of a data file with where each came from (`line 3`, `record 2`, `row 5`)."""
+def read_rows(path: Path | str, require_answer: bool = True) -> list[tuple[str, Any]]:
+    """Raw rows of a data file with where each came from (`line 3`, `record 2`, `row 5`).
+
+    `require_answer=False` (prompts for generation) lets a CSV go without an `output` column."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data file {path} does not exist. Check data_path (relative paths are "
@@ -177,7 +180,7 @@ def read_rows(path: Path | str) -> list[tuple[str, Any]]:
     if suffix == ".jsonl":
         return list(_read_jsonl(path, text))
     if suffix == ".csv":
-        return list(_read_csv(path, text))
+        return list(_read_csv(path, text, require_answer))
     # A .json file that is really JSON Lines is common: accept it when every line parses.
     stripped = text.lstrip()
     if stripped.startswith("{") and "\n" in stripped.strip():
@@ -320,7 +323,7 @@ def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto",
 def load_records(path: Path | str, fmt: str = "auto", require_answer: bool = True
                  ) -> list[Record]:
     """Read a data file into normalised records; raises DataError on the first bad record."""
-    rows = read_rows(path)
+    rows = read_rows(path, require_answer)
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add samples, one per line (JSONL) "
                         "or as a JSON list.")

@@ -11,11 +11,12 @@ Generation metrics follow ChatGLM's official fine-tuning evaluation:
 * ROUGE-1/2/L: `rouge_chinese.Rouge().get_scores(" ".join(pred_words), " ".join(ref_words))`,
   the F1 ("f") of each, x100;
 * BLEU-4: `nltk.translate.bleu_score.sentence_bleu([ref_words], pred_words,
-  smoothing_function=SmoothingFunction().method3)`, x100. One deliberate difference: for
-  predictions shorter than 4 words nltk's `auto_reweigh=True` averages over the n-gram orders
-  that exist, so an exact short answer ("北京。" = 2 words) scores 100 rather than 59.5;
+  smoothing_function=SmoothingFunction().method3)`, x100;
 * each score is per sample, then averaged over samples; an empty prediction or reference
-  scores 0 (as ChatGLM's script does).
+  scores 0 (as ChatGLM's script does);
+* one deliberate difference: an exact match (the same word sequence) scores 100 on all four.
+  The formulas alone give a short exact answer less: "北京。" (2 words) gets BLEU-4 59.46
+  (no 3- and 4-grams to match, smoothed) and any 1-word answer ROUGE-2 0 (no bigrams).
 
 All four are on a 0-100 scale: identical prediction and reference give 100 for each.
 """
@@ -25,17 +26,23 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .collate import PadCollator
 from .errors import DataError, LoraFinetuneError
-from .inference import (InferenceModel, generate, load_for_inference, prompt_record,
-                        read_prompt_records)
-from .templates import IGNORE_INDEX, encode_records
+from .inference import (
+    InferenceModel,
+    generate,
+    load_for_inference,
+    prompt_record,
+    read_prompt_records,
+)
+from .templates import IGNORE_INDEX, encode_records, user_text
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,8 @@ METRIC_INFO = {
              "answer token, perplexity = exp(loss)",
     "segmentation": "jieba.cut for text containing Chinese, whitespace split otherwise",
     "rouge": "rouge_chinese.Rouge F1 on space-joined words, per sample, averaged",
-    "bleu-4": "nltk sentence_bleu, SmoothingFunction().method3, auto_reweigh for predictions "
-              "under 4 words, per sample, averaged",
+    "bleu-4": "nltk sentence_bleu, SmoothingFunction().method3, per sample, averaged",
+    "exact_match": "a prediction with the same words as its reference scores 100 on all four",
 }
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
@@ -96,11 +103,12 @@ def sample_scores(prediction: str, reference: str) -> dict[str, float]:
     hyp, ref = words(prediction, chinese), words(reference, chinese)
     if not hyp or not ref:
         return {m: 0.0 for m in METRICS}
+    if hyp == ref:
+        return {m: 100.0 for m in METRICS}
     scores = rouge.get_scores(" ".join(hyp), " ".join(ref))[0]
-    out = {"bleu-4": round(100 * sentence_bleu([ref], hyp, smoothing_function=smooth,
-                                               auto_reweigh=True), 4)}
+    out = {"bleu-4": round(100 * float(sentence_bleu([ref], hyp, smoothing_function=smooth)), 4)}
     for m in ("rouge-1", "rouge-2", "rouge-l"):
-        out[m] = round(100 * scores[m]["f"], 4)
+        out[m] = round(100 * float(scores[m]["f"]), 4)
     return out
 
 
@@ -149,13 +157,16 @@ def _adapter_off(im: InferenceModel) -> Any:
     return contextlib.nullcontext()
 
 
-def default_report_path(adapter_dir: Path | None, data_path: Path) -> Path:
-    """adapter_dir/eval_report.json, or next to the data when the adapter folder is read-only."""
+def default_report_path(adapter_dir: Path | None, data_path: Path, base_only: bool = False
+                        ) -> Path:
+    """adapter_dir/eval_report.json (eval_report_base.json for the base alone), or next to the
+    data when there is no adapter folder or it is read-only."""
     import os
 
+    name = REPORT_NAME.replace(".json", "_base.json") if base_only else REPORT_NAME
     if adapter_dir is not None and os.access(adapter_dir, os.W_OK):
-        return Path(adapter_dir) / REPORT_NAME
-    return data_path.parent / f"{data_path.stem}.{REPORT_NAME}"
+        return Path(adapter_dir) / name
+    return data_path.parent / f"{data_path.stem}.{name}"
 
 
 @dataclass
@@ -218,8 +229,7 @@ def evaluate(adapter_dir: str | Path | None, data_path: str | Path, *,
     samples = []
     for i, (rec, ref) in enumerate(zip(with_answer, references)):
         row: dict[str, Any] = {"source": rec.get("source"),
-                               "question": rec["messages"][-2]["content"]
-                               if len(rec["messages"]) >= 2 else "",
+                               "question": user_text(rec["messages"][-2]),
                                "reference": ref}
         for label, (_, preds, per) in results.items():
             if preds:
@@ -243,7 +253,8 @@ def evaluate(adapter_dir: str | Path | None, data_path: str | Path, *,
     path = None
     if write_report:
         path = Path(report_path) if report_path else default_report_path(
-            Path(adapter_dir) if adapter_dir is not None else None, data_path)
+            Path(adapter_dir) if adapter_dir is not None else None, data_path,
+            base_only=not im.has_adapter)
         _write_json(report, path)
     return EvalResult(report, path)
 
@@ -262,5 +273,13 @@ def _write_json(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
-__all__ = ["evaluate", "EvalResult", "answer_loss", "generation_metrics", "sample_scores",
-           "words", "METRICS", "METRIC_INFO"]
+__all__ = [
+    "METRICS",
+    "METRIC_INFO",
+    "EvalResult",
+    "answer_loss",
+    "evaluate",
+    "generation_metrics",
+    "sample_scores",
+    "words",
+]

@@ -16,9 +16,10 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from .collate import PadCollator
 from .errors import DataError, ModelError
 from .io import verify_manifest
 from .models import load_model, load_tokenizer, resolve_model
-from .templates import Template, encode_prompt, get_template
+from .templates import Template, encode_prompt, get_template, resolve_template_name
 from .train import read_run_config
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class InferenceModel:
 
     def context_length(self) -> int | None:
         cfg = getattr(self.model, "config", None)
-        for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        for key in ("max_position_embeddings", "n_positions", "seq_length",
+                    "max_sequence_length"):
             val = getattr(cfg, key, None)
             if isinstance(val, int) and val > 0:
                 return val
@@ -82,7 +84,7 @@ def stop_token_ids(tokenizer: Any, model: Any, template: Template | None = None)
             ids.append(vocab[tok])
     if template is not None:
         ids += template_stop_ids(tokenizer, template)
-    return sorted(set(int(i) for i in ids))
+    return sorted({int(i) for i in ids})
 
 
 def template_stop_ids(tokenizer: Any, template: Template) -> list[int]:
@@ -92,7 +94,7 @@ def template_stop_ids(tokenizer: Any, template: Template) -> list[int]:
                                         {"role": "assistant", "content": "ok", "input": ""}]}
     try:
         learned = [text for text, learn in template.segments(rec) if learn]
-    except Exception as e:  # a template that cannot render this toy chat: keep the defaults
+    except Exception as e:  # noqa: BLE001 - a template that cannot render this toy chat
         log.debug("template_stop_ids: %s", e)
         return []
     if not learned:
@@ -161,8 +163,12 @@ def load_for_inference(adapter_dir: str | Path | None = None, *, base_model: str
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(dev)
     model.eval()
-    tmpl = get_template(template or resolved.get("template") or run.get("template", "auto"),
-                        tokenizer, run.get("system_prompt"))
+    model_type = resolved.get("model_type") or getattr(getattr(model, "config", None),
+                                                        "model_type", None)
+    tmpl_name = resolve_template_name(
+        template or resolved.get("template") or run.get("template", "auto"), tokenizer,
+        model_type)
+    tmpl = get_template(tmpl_name, tokenizer, run.get("system_prompt"))
     return InferenceModel(model, tokenizer, tmpl, stop_token_ids(tokenizer, model, tmpl),
                           str(name), adapter_dir, quant_used, run_config=run,
                           has_adapter=with_adapter)
@@ -218,8 +224,10 @@ def _finish(im: InferenceModel, row: list[int]) -> dict[str, Any]:
     stops = set(im.stop_token_ids)
     cut = next((i for i, t in enumerate(row) if t in stops), None)
     body = row if cut is None else row[:cut]
-    return {"text": im.tokenizer.decode(body, skip_special_tokens=True).strip(),
-            "tokens": len(body), "stopped": cut is not None}
+    text = im.tokenizer.decode(body, skip_special_tokens=True)
+    if cut is None:  # cut at max_new_tokens, possibly inside a multi-byte character
+        text = text.rstrip("\ufffd")
+    return {"text": text.strip(), "tokens": len(body), "stopped": cut is not None}
 
 
 # --------------------------------------------------------------------------- generation
@@ -316,9 +324,9 @@ class GenerateFileResult:
 def read_prompt_records(path: Path | str, data_format: str = "auto"
                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(raw rows, normalised records) of a data file; answers are optional."""
-    from .data import read_rows, normalize_row
+    from .data import normalize_row, read_rows
 
-    rows = read_rows(path)
+    rows = read_rows(path, require_answer=False)  # a prompts-only CSV needs no `output` column
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add prompts, one per line (JSONL) "
                         "or as a JSON list.")
@@ -410,6 +418,20 @@ def generate_file(im: InferenceModel, input_path: Path | str, output_path: Path 
                               sum(r["tokens"] for r in results), seconds)
 
 
-__all__ = ["InferenceModel", "load_for_inference", "generate", "answer", "stream_reply",
-           "stream_ids", "stop_token_ids", "base_model_name", "attach_adapter", "template_stop_ids", "prompt_record",
-           "generate_file", "write_rows", "read_prompt_records", "GenerateFileResult"]
+__all__ = [
+    "GenerateFileResult",
+    "InferenceModel",
+    "answer",
+    "attach_adapter",
+    "base_model_name",
+    "generate",
+    "generate_file",
+    "load_for_inference",
+    "prompt_record",
+    "read_prompt_records",
+    "stop_token_ids",
+    "stream_ids",
+    "stream_reply",
+    "template_stop_ids",
+    "write_rows",
+]

@@ -8,13 +8,23 @@ out x r).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from .models import (AUTO_TARGETS, OUTPUT_HEADS, linear_module_names, meta_model,
-                     read_model_config, resolve_model, resolve_target_modules)
+from .models import (
+    AUTO_TARGETS,
+    OUTPUT_HEADS,
+    linear_module_names,
+    meta_model,
+    read_model_config,
+    resolve_model,
+    resolve_target_modules,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,11 +130,7 @@ def list_modules(model: str, *, r: int = 8, target_modules: list[str] | str = "a
     path = resolve_model(model, cache_dir)
     config = read_model_config(path, trust_remote_code)
     model_type = getattr(config, "model_type", "unknown")
-    tree = meta_model(path, trust_remote_code)
-    try:  # meta_model builds the tree without tying lm_head to the embeddings; tie as loading does
-        tree.tie_weights()
-    except Exception:  # noqa: BLE001 - custom code may not implement it; counts stay untied
-        pass
+    tree = meta_model(path, trust_remote_code)  # tied like a loaded model
     groups, targets, auto = group_linear_modules(tree, model_type, r, target_modules)
     seen: set[int] = set()
     total = 0
@@ -135,5 +141,11 @@ def list_modules(model: str, *, r: int = 8, target_modules: list[str] | str = "a
     return ModulesReport(model, model_type, total, r, target_modules, targets, auto, groups)
 
 
-__all__ = ["list_modules", "group_linear_modules", "ModuleGroup", "ModulesReport",
-           "layer_shape", "AUTO_TARGETS"]
+__all__ = [
+    "AUTO_TARGETS",
+    "ModuleGroup",
+    "ModulesReport",
+    "group_linear_modules",
+    "layer_shape",
+    "list_modules",
+]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, ModelError
-from .inference import base_model_name, attach_adapter, stop_token_ids
+from .inference import attach_adapter, base_model_name, stop_token_ids
 from .io import atomic_dir, verify_manifest, write_manifest
 from .models import load_model, load_tokenizer, resolve_model
 from .templates import encode_records, get_template
@@ -61,7 +61,12 @@ class MergeResult:
     base_model: str
     max_abs_diff: float | None
     """Largest |merged - (base+adapter)| logit over the check samples (None: check skipped)."""
+    max_abs_logit: float | None = None
+    """Largest |logit| of base+adapter on the check samples, the scale for max_abs_diff."""
     check_tokens: int = 0
+    top1_agreement: float | None = None
+    """Share of check positions where merged and base+adapter predict the same next token
+    (1.0 in fp32; in bf16/fp16 two equivalent computations round differently)."""
     trained_quantization: str = "none"
     """4bit/8bit when the adapter was trained on a quantised base (merged onto full weights)."""
     stop_token_ids: list[int] = field(default_factory=list)
@@ -107,7 +112,7 @@ def _check_samples(tokenizer: Any, run: dict[str, Any]) -> list[list[int]]:
                             run.get("system_prompt"))
         encoded, _ = encode_records(CHECK_RECORDS, tokenizer, tmpl, max_length=10 ** 6)
         samples = [e.input_ids for e in encoded]
-    except Exception as e:  # an odd template must not block the merge; fixed text then
+    except Exception as e:  # noqa: BLE001 - an odd template must not block the merge
         log.debug("merge check: template failed (%s); using plain strings", e)
         samples = []
     if not samples:
@@ -173,7 +178,7 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, *, dtype: str | None 
         resolved = run.get("resolved") or {}
         tmpl = get_template(resolved.get("template") or run.get("template", "auto"), tokenizer,
                             run.get("system_prompt"))
-    except Exception as e:  # stop ids from EOS alone then
+    except Exception as e:  # noqa: BLE001 - stop ids from EOS alone then
         log.debug("merge: no template for stop ids (%s)", e)
     stops = stop_token_ids(tokenizer, merged, tmpl)
     gen = merged.generation_config
@@ -183,8 +188,12 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, *, dtype: str | None 
     if hasattr(merged.config, "quantization_config"):
         del merged.config.quantization_config
 
-    result = MergeResult(output_dir, out_dtype, str(name), None,
-                         sum(len(s) for s in samples), used_q, stops, notes)
+    result = MergeResult(output_dir=output_dir, dtype=out_dtype, base_model=str(name),
+                         max_abs_diff=None,
+                         max_abs_logit=max((float(r.abs().max()) for r in reference),
+                                           default=None),
+                         check_tokens=sum(len(s) for s in samples),
+                         trained_quantization=used_q, stop_token_ids=stops, notes=notes)
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
@@ -193,7 +202,8 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, *, dtype: str | None 
                 shutil.copy2(py, tmp / py.name)
         del merged
         if check:
-            result.max_abs_diff = _compare_saved(tmp, samples, reference, torch_dtype, trc, dev)
+            result.max_abs_diff, result.top1_agreement = _compare_saved(
+                tmp, samples, reference, torch_dtype, trc, dev)
             tol = FP32_TOLERANCE if torch_dtype == torch.float32 else None
             if tol is not None and result.max_abs_diff > tol:
                 log.warning("merged logits differ from base+adapter by up to %.3g (> %g)",
@@ -203,26 +213,40 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, *, dtype: str | None 
         info.pop("output_dir")
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False),
                                       encoding="utf-8")
+        _readable(tmp)
         write_manifest(tmp)
     return result
 
 
+def _readable(folder: Path) -> None:
+    """Shards written through a private temp file come out 0600; give them the mode the other
+    files of the folder have, so a model folder shared with others is readable by them."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in folder.iterdir():
+        if p.is_file() and (p.stat().st_mode & 0o777) == 0o600:
+            p.chmod(0o666 & ~umask)
+
+
 def _compare_saved(folder: Path, samples: list[list[int]], reference: list[torch.Tensor],
                    torch_dtype: torch.dtype, trust_remote_code: bool, dev: torch.device
-                   ) -> float:
-    """Load the written folder with plain transformers and compare its logits."""
-    import warnings
-
-    from transformers import AutoModelForCausalLM
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        again = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
+                   ) -> tuple[float, float]:
+    """Load the written folder with plain transformers and compare its logits with
+    base+adapter's: (largest absolute difference, share of positions with the same argmax)."""
+    # load_model is AutoModelForCausalLM.from_pretrained (AutoModel for ChatGLM-6B v1, whose
+    # remote code registers no causal-LM class).
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype]
+    again, _, _, _ = load_model(str(folder), dtype=name, quantization="none",
+                                trust_remote_code=trust_remote_code, for_training=False)
     again.to(dev).eval()
     got = _logits(again, samples, dev)
     del again
-    return max((float((a - b).abs().max()) for a, b in zip(got, reference)), default=0.0)
+    diff = max((float((a - b).abs().max()) for a, b in zip(got, reference)), default=0.0)
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(got, reference))
+    total = sum(a.shape[0] for a in got)
+    return diff, (same / total if total else 1.0)
 
 
-__all__ = ["merge", "MergeResult", "MERGE_INFO"]
+__all__ = ["MERGE_INFO", "MergeResult", "merge"]

@@ -314,8 +314,11 @@ def meta_model(path: str, trust_remote_code: bool = False) -> nn.Module:
         if getattr(config, "model_type", None) == "chatglm":  # v1: AutoModel only
             from transformers import AutoModel
 
-            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # so a tied lm_head is counted once, as in the loaded model
+    return model
 
 
 def _is_chatglm_v1(path: str) -> bool:

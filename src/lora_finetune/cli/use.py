@@ -46,6 +46,13 @@ def _gen_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     _opt(p, "repetition_penalty", type=float, default=1.0, help="1.0 (default) is off")
 
 
+def _quiet_hf() -> None:
+    """transformers' own progress bars (loading/writing shards) are noise next to ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _load(args: argparse.Namespace, base_only: bool = False):
     from ..inference import load_for_inference
 
@@ -114,6 +121,9 @@ def chat_loop(session: Any, stdin: TextIO, stdout: TextIO, *, interactive: bool 
         except KeyboardInterrupt:
             say("\n[interrupted; this round is not kept]\n")
             continue
+        except ChatCommandError as e:
+            say(f"\n[{e}]\n")
+            continue
         say("\n")
         if not reply.stopped:
             say(f"[cut at max_new_tokens={session.settings.max_new_tokens}; "
@@ -125,11 +135,9 @@ def chat_loop(session: Any, stdin: TextIO, stdout: TextIO, *, interactive: bool 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
     from ..chat import ChatSession, GenerationSettings
 
-    hf_logging.disable_progress_bar()
+    _quiet_hf()
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p,
                                   args.repetition_penalty)
     settings.check()
@@ -153,6 +161,7 @@ def _progress(total: int, desc: str):
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..inference import generate_file, read_prompt_records
 
+    _quiet_hf()
     im = _load(args, base_only=args.base_only)
     n = len(read_prompt_records(args.input, args.data_format)[1])  # fail fast on bad data
     if args.max_samples is not None:
@@ -198,12 +207,20 @@ def format_eval_table(report: dict[str, Any]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
+    from ..inference import read_prompt_records
 
+    _quiet_hf()
     im = _load(args, base_only=args.base_only)
-    res = evaluate(args.adapter, args.data, im=im, data_format=args.data_format,
-                   max_samples=args.max_samples, compare_base=args.compare_base,
-                   generation=not args.loss_only, max_new_tokens=args.max_new_tokens,
-                   batch_size=args.batch_size, report_path=args.report)
+    _, records = read_prompt_records(args.data, args.data_format)
+    n = sum(r["messages"][-1]["role"] == "assistant" for r in records)
+    n = min(n, args.max_samples) if args.max_samples is not None else n
+    runs = 2 if args.compare_base and im.has_adapter else 1
+    with _progress(0 if args.loss_only else n * runs, "generating") as bar:
+        res = evaluate(args.adapter, args.data, im=im, data_format=args.data_format,
+                       max_samples=args.max_samples, compare_base=args.compare_base,
+                       generation=not args.loss_only, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, report_path=args.report,
+                       progress=bar.update)
     rep = res.report
     print(f"Evaluated {_describe(im)} on {rep['samples']} sample(s) of {rep['data']}"
           + (f" ({rep['skipped_without_answer']} without an answer skipped)"
@@ -220,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..merge import merge
 
+    _quiet_hf()
     res = merge(args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite,
                 check=not args.no_check, base_model=args.base_model,
                 max_shard_size=args.max_shard_size, device=args.device)
@@ -228,8 +246,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"Merged {args.adapter} into {res.base_model} -> {res.output_dir} ({res.dtype}; "
           f"generation_config eos_token_id={res.stop_token_ids})")
     if res.max_abs_diff is not None:
+        scale = f" (logits up to {res.max_abs_logit:.3g})" if res.max_abs_logit else ""
         print(f"Check: merged vs base+adapter logits over {res.check_tokens} tokens, largest "
-              f"absolute difference {res.max_abs_diff:.3g}")
+              f"absolute difference {res.max_abs_diff:.3g}{scale}; same next token at "
+              f"{100 * (res.top1_agreement or 0):.1f}% of positions")
+        if res.dtype != "fp32":
+            print(f"  ({res.dtype}: both models round differently, so logit differences of a "
+                  "few units and different picks at near-ties are expected; --dtype fp32 gives "
+                  "an exact comparison)")
     print(f"Load it anywhere, no peft needed: "
           f"AutoModelForCausalLM.from_pretrained({str(res.output_dir)!r})")
     return 0
@@ -252,10 +276,16 @@ def format_modules(rep: Any) -> str:
 
     head = (f"{'layer':<20}{'count':>6}  {'shape(s) out x in':<22}{'parameters':>14}  "
             f"{'auto':<5}{'LoRA r=' + str(rep.r):>14}")
-    lines = [f"{rep.model} (model_type {rep.model_type}): {rep.total_params:,} parameters; "
-             "linear layers by name:", head, "-" * len(head)]
+    title = (f"{rep.model} (model_type {rep.model_type}): {rep.total_params:,} parameters; "
+             "linear layers by name:")
+    lines = [title, head, "-" * len(head)]
     for g in rep.groups:
-        lora = f"{g.lora_params:,}" if g.targeted else (("head, tied" if g.tied else "head") if g.output_head else "-")
+        if g.targeted:
+            lora = f"{g.lora_params:,}"
+        elif g.output_head:
+            lora = "head, tied" if g.tied else "head"
+        else:
+            lora = "-"
         if g.targeted and g.targeted < g.count:
             lora += f" ({g.targeted}/{g.count})"
         lines.append(f"{g.suffix:<20}{g.count:>6}  {shapes(g):<22}{g.params:>14,}  "
@@ -278,6 +308,15 @@ def cmd_modules(args: argparse.Namespace) -> int:
                        trust_remote_code=args.trust_remote_code)
     print(format_modules(rep))
     return 0
+
+
+def _bool(text: str) -> bool:
+    v = str(text).strip().lower()
+    if v in ("true", "yes", "1", "on"):
+        return True
+    if v in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _usage(msg: str) -> Exception:
@@ -362,6 +401,7 @@ def register(sub: Any) -> None:
     d.add_argument("--r", "--rank", dest="r", type=int, default=8, help="LoRA rank (default 8)")
     _opt(d, "target_modules", nargs="+", metavar="NAME",
          help="auto (default), all-linear, or names (space- or comma-separated)")
-    _opt(d, "trust_remote_code", action="store_true",
+    _opt(d, "trust_remote_code", type=_bool, nargs="?", const=True, default=False,
+         metavar="true|false",
          help="allow the model folder's own Python code (only for models you trust)")
     d.set_defaults(func=cmd_modules)
