@@ -119,3 +119,40 @@ def tiny_config(model: Path, out: Path, **kw):
                   dropout=0.0)
     values.update(kw)
     return build_config(values)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread(request):
+    """Tiny models run fastest on one thread; several threads spin against each other when the
+    machine is busy (3x slower test runs). The end-to-end tests on the real model keep them all."""
+    if request.module.__name__.endswith("e2e_bundled"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def shared_adapter(tiny_qwen3: Path, tmp_path_factory) -> Path:
+    """The adapter the inference, chat, eval and merge tests share: trained once per session,
+    with a learning rate high enough that the adapter visibly changes the model."""
+    from lora_finetune.io import is_complete
+    from lora_finetune.train import train
+
+    out = tmp_path_factory.getbasetemp() / "use-verbs-adapter"
+    if not is_complete(out):
+        train(tiny_config(tiny_qwen3, out, learning_rate=2e-2, save_steps=100, eval_steps=100))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_qwen3, tmp_path_factory) -> Path:
+    return shared_adapter(tiny_qwen3, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def im(adapter):
+    from lora_finetune.inference import load_for_inference
+
+    return load_for_inference(adapter)

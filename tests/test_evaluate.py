@@ -7,48 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
 
 pytest.importorskip("jieba")
 pytest.importorskip("rouge_chinese")
 pytest.importorskip("nltk")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; several threads spin against each other when
-    the machine is busy (3x slower test runs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _shared_adapter(tiny_qwen3, tmp_path_factory) -> Path:
-    """The adapter the inference, chat, eval and merge tests share: trained once per session
-    (the first test file to need it trains it), with a learning rate high enough that the
-    adapter visibly changes the model."""
-    from lora_finetune.io import is_complete
-    from lora_finetune.train import train
-
-    out = tmp_path_factory.getbasetemp() / "use-verbs-adapter"
-    if not is_complete(out):
-        train(tiny_config(tiny_qwen3, out, learning_rate=2e-2, save_steps=100, eval_steps=100))
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_qwen3, tmp_path_factory) -> Path:
-    return _shared_adapter(tiny_qwen3, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def im(adapter):
-    from lora_finetune.inference import load_for_inference
-
-    return load_for_inference(adapter)
 
 
 ROWS = [{"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},

@@ -12,32 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; several threads spin against each other when
-    the machine is busy (3x slower test runs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _shared_adapter(tiny_qwen3, tmp_path_factory) -> Path:
-    """The adapter the inference, chat, eval and merge tests share: trained once per session
-    (the first test file to need it trains it), with a learning rate high enough that the
-    adapter visibly changes the model."""
-    from lora_finetune.io import is_complete
-    from lora_finetune.train import train
-
-    out = tmp_path_factory.getbasetemp() / "use-verbs-adapter"
-    if not is_complete(out):
-        train(tiny_config(tiny_qwen3, out, learning_rate=2e-2, save_steps=100, eval_steps=100))
-    return out
+from conftest import shared_adapter, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +23,7 @@ def adapters(tiny_qwen3, tmp_path_factory) -> dict[str, Path]:
     ref = tmp_path_factory.mktemp("merge") / "reference"
     train(tiny_config(tiny_qwen3, ref, lora_backend="reference", learning_rate=2e-2,
                       save_steps=100, eval_fraction=0))
-    return {"peft": _shared_adapter(tiny_qwen3, tmp_path_factory), "reference": ref}
+    return {"peft": shared_adapter(tiny_qwen3, tmp_path_factory), "reference": ref}
 
 
 @pytest.fixture(scope="module")
