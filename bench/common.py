@@ -91,6 +91,15 @@ def _count_tokens(kwargs: dict[str, Any], pad_token_id: int | None) -> tuple[int
     return padded, padded
 
 
+def _count_learned(kwargs: dict[str, Any]) -> int:
+    """Positions whose next token is learned (where the loss looks at the logits)."""
+    shift = kwargs.get("shift_labels")
+    if shift is not None:
+        return int((shift != -100).sum())
+    labels = kwargs.get("labels")
+    return int((labels[..., 1:] != -100).sum()) if labels is not None else 0
+
+
 class ThroughputProbe(TrainerCallback):
     """Per-step timing and token counts of a Trainer run (see the module docstring)."""
 
@@ -99,6 +108,7 @@ class ThroughputProbe(TrainerCallback):
         self.cuda = cuda
         self.steps: list[dict[str, float]] = []
         self._tokens = [0, 0]
+        self._learned = 0
         self._t_begin = 0.0
         self._last_end: float | None = None
         self._hook = None
@@ -115,6 +125,7 @@ class ThroughputProbe(TrainerCallback):
                 r, p = _count_tokens(kwargs, self.pad_token_id)
                 self._tokens[0] += r
                 self._tokens[1] += p
+                self._learned += _count_learned(kwargs)
 
         self._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
         self.model_params = sum(p.numel() for p in model.parameters())
@@ -135,8 +146,10 @@ class ThroughputProbe(TrainerCallback):
         now = time.perf_counter()
         self.steps.append({"compute_s": now - self._t_begin,
                            "wall_s": now - (self._last_end or self._t_begin),
-                           "real_tokens": self._tokens[0], "padded_tokens": self._tokens[1]})
+                           "real_tokens": self._tokens[0], "padded_tokens": self._tokens[1],
+                           "learned_tokens": self._learned})
         self._tokens = [0, 0]
+        self._learned = 0
         self._last_end = now
 
     def on_train_end(self, args, state, control, **kw):
@@ -165,8 +178,10 @@ class ThroughputProbe(TrainerCallback):
             "padded_tokens_per_s": padded / wall if wall else None,
             "compute_real_tokens_per_s": real / comp if comp else None,
             "padding_fraction": 1 - real / padded if padded else None,
+            "learned_tokens_per_step": sum(s["learned_tokens"] for s in steps) / len(steps),
             "real_tokens_per_step": real / len(steps),
             "padded_tokens_per_step": padded / len(steps),
+            "per_step": [{k: round(v, 4) for k, v in s.items()} for s in self.steps],
         }
         if self.cuda:
             out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()

@@ -184,3 +184,38 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_qwen3, tmp_path):
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
     norms = [h["grad_norm"] for h in runs[1].metrics["log_history"] if "grad_norm" in h]
     assert norms and all(float(n) > 0 for n in norms)  # LoRA got gradients through checkpoints
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama", "glm", "gpt2"])
+@pytest.mark.parametrize("packing", [False, True])
+def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_models, tiny_tokenizer, kind,
+                                                             packing):
+    from peft import LoraConfig, get_peft_model
+
+    from lora_finetune.packing import LabelLogitsCollator, supports_label_logits
+
+    torch.manual_seed(0)
+    targets = ["c_attn"] if kind == "gpt2" else ["q_proj", "v_proj"]
+    model = get_peft_model(load(kind, tiny_models),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                      init_lora_weights=False))
+    assert supports_label_logits(model)
+    rows = encoded_rows(tiny_tokenizer)
+    inner = make_collator(tiny_tokenizer.pad_token_id, packing=packing, on_gpu=False)
+    full, lean = inner(rows), LabelLogitsCollator(inner)(rows)
+    n_learned = sum(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in rows)
+    assert int(lean["logits_to_keep"].sum()) == len(lean["shift_labels"]) == n_learned
+
+    def run(batch):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    (out_full, g_full), (out_lean, g_lean) = run(full), run(lean)
+    torch.testing.assert_close(out_lean.loss, out_full.loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_lean, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert out_lean.logits.shape[-2] == n_learned < out_full.logits.shape[-2]
+    assert make_collator(0, packing=packing, on_gpu=False, model=model,
+                         label_logits_only=True).__class__ is LabelLogitsCollator

@@ -105,8 +105,10 @@ class LoRAFinetuneConfig:
     """Put several samples in one row (positions restart per sample, no cross-attention)."""
     group_by_length: bool = True
     """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
-    use_liger: str = "auto"
+    use_liger: Literal["auto", "true", "false"] = "auto"
     """liger-kernel fused ops (no full logits): `auto` (CUDA + installed + supported arch), `true`, `false`."""
+    label_logits_only: bool = True
+    """Build output-layer logits only where the next token is learned (same loss, less work)."""
 
     # --- run control ---
     overwrite: bool = False
@@ -224,7 +226,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise ValueError("may not be empty")
     if origin is Literal:
         choices = get_args(hint)
-        sval = str(value)
+        # YAML reads `use_liger: true` as a bool; the choice is spelled "true".
+        sval = str(value).lower() if isinstance(value, bool) else str(value)
         if sval not in choices:
             raise ValueError(f"must be one of {', '.join(map(str, choices))}")
         return sval

@@ -249,7 +249,9 @@ def load_model(path: str, *, dtype: str = "auto", quantization: str = "none",
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
                 if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-            kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
+            # Under DDP each process holds its own quantised copy on its own GPU.
+            local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+            kwargs["device_map"] = device_map or {"": local_rank}
     elif device_map is not None:
         kwargs["device_map"] = device_map
     is_v1 = _is_chatglm_v1(path)

@@ -1,4 +1,5 @@
-"""Batch layouts for training: packed rows, length grouping, and choosing the collator.
+"""Batch layouts for training: packed rows, length grouping, logits only where labels are, and
+choosing the collator.
 
 Packing (`packing: true`) puts the samples of a batch back to back in ONE row, with no padding:
 
@@ -92,11 +93,64 @@ def packed_boundaries(position_ids: torch.Tensor) -> list[int]:
     return [i for i, p in enumerate(pos) if i == 0 or p != pos[i - 1] + 1]
 
 
-def make_collator(pad_token_id: int, *, packing: bool, on_gpu: bool) -> Any:
-    """The training collator: packed rows, or per-batch padding (multiple of 8 on GPU)."""
-    if packing:
-        return PackedCollator(pad_token_id)
-    return PadCollator(pad_token_id, pad_to_multiple_of=8 if on_gpu else None)
+@dataclass
+class LabelLogitsCollator:
+    """Wrap a collator so the model builds logits only where the next token is learned.
+
+    The output layer (hidden -> vocabulary) and the loss run on every position, yet only the
+    positions whose next token has a label contribute to the loss: the prompt's do not. This
+    adds `logits_to_keep` (a boolean (batch, length) mask: transformers 5 then projects only
+    those hidden states, flattened) and `shift_labels` (the matching next-token labels, which
+    transformers' causal-LM loss and the Trainer's token count use as given). The loss is the
+    same number; the output layer's work and the (tokens x vocabulary) logits shrink to the
+    learned share of the tokens (bench/RESULTS.md).
+    """
+
+    inner: Any
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(features)
+        labels = batch.get("labels")
+        if labels is None:
+            return batch
+        shifted = torch.full_like(labels, IGNORE_INDEX)
+        shifted[:, :-1] = labels[:, 1:]
+        keep = shifted != IGNORE_INDEX
+        if not bool(keep.any()):
+            return batch  # nothing learned in this batch: leave it as it is
+        batch["logits_to_keep"] = keep
+        batch["shift_labels"] = shifted[keep]
+        return batch
+
+
+def supports_label_logits(model: Any) -> bool:
+    """True for transformers' own causal-LM classes whose forward takes `logits_to_keep` (and
+    so slices with a boolean mask) -- not remote code, not liger-kernel's patched forward (which
+    never builds full logits anyway)."""
+    import inspect
+
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    forward = getattr(base, "forward", None)
+    if forward is None or not type(base).__module__.startswith("transformers."):
+        return False
+    if not getattr(forward, "__module__", "").startswith("transformers."):
+        return False  # patched (e.g. liger-kernel's fused linear + cross-entropy)
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def make_collator(pad_token_id: int, *, packing: bool, on_gpu: bool, model: Any = None,
+                  label_logits_only: bool = False) -> Any:
+    """The training collator: packed rows, or per-batch padding (multiple of 8 on GPU); with
+    `label_logits_only` (and a model that supports it) logits only at learned positions."""
+    inner: Any = PackedCollator(pad_token_id) if packing else \
+        PadCollator(pad_token_id, pad_to_multiple_of=8 if on_gpu else None)
+    if label_logits_only and model is not None and supports_label_logits(model):
+        return LabelLogitsCollator(inner)
+    return inner
 
 
 def with_lengths(rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
@@ -120,5 +174,5 @@ def padding_stats(lengths: Sequence[int], batches: Sequence[Sequence[int]],
             "padding_fraction": 1 - real / padded if padded else 0.0}
 
 
-__all__ = ["PackedCollator", "make_collator", "with_lengths", "packed_boundaries",
-           "padding_stats", "LENGTH_COLUMN"]
+__all__ = ["PackedCollator", "LabelLogitsCollator", "supports_label_logits", "make_collator",
+           "with_lengths", "packed_boundaries", "padding_stats", "LENGTH_COLUMN"]

@@ -126,15 +126,23 @@ def attach_lora(model: Any, cfg: LoRAFinetuneConfig, targets: list[str]) -> Any:
     return get_peft_model(model, peft_cfg)
 
 
-def save_adapter(model: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str,
+def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str,
                  targets: list[str]) -> None:
+    """Write the adapter in peft's format, whichever backend trained it. Call on every rank."""
+    folder.mkdir(parents=True, exist_ok=True)
     if cfg.lora_backend == "reference":
-        from .lora import save_peft_adapter
+        if trainer.is_world_process_zero():
+            from .lora import save_peft_adapter
 
-        save_peft_adapter(model, folder, base_model_name_or_path=base_path,
-                          target_modules=targets, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout)
-    else:
-        model.save_pretrained(folder)
+            save_peft_adapter(trainer.model, folder, base_model_name_or_path=base_path,
+                              target_modules=targets, r=cfg.r, alpha=cfg.alpha,
+                              dropout=cfg.dropout)
+        return
+    # Every rank joins: under ZeRO-3/FSDP saving gathers sharded weights (a collective); the
+    # Trainer writes from rank 0 only.
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs
 
 
 # --------------------------------------------------------------------------- run folder
@@ -212,6 +220,8 @@ def _perplexity(loss: float | None) -> float | None:
 # --------------------------------------------------------------------------- the run
 def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
                         dtype: torch.dtype) -> Any:
+    import os
+
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -252,6 +262,9 @@ def build_training_args(cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool,
         else "random",
         length_column_name=LENGTH_COLUMN,
         ddp_find_unused_parameters=False,
+        # Without CUDA, torchrun's processes only form a (gloo) DDP group when accelerate is
+        # told it runs on CPU; otherwise each trains alone on the same output_dir.
+        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
 
 
@@ -309,9 +322,8 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     }
     metrics = collect_metrics(trainer, runtime, eval_metrics, data, trainable, total)
     final = Path(cfg.output_dir)
+    save_adapter(trainer, work, cfg, model_path, targets)
     if trainer.is_world_process_zero():
-        work.mkdir(parents=True, exist_ok=True)
-        save_adapter(trainer.model, work, cfg, model_path, targets)
         tokenizer.save_pretrained(work)
         cfg.save(work / RUN_CONFIG, extra=resolved)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False),
@@ -336,7 +348,8 @@ def build_trainer(cfg: LoRAFinetuneConfig, model: Any, tokenizer: Any, data: Pre
         train_dataset=Dataset.from_list(with_lengths(data.train)),
         eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
         data_collator=make_collator(tokenizer.pad_token_id, packing=cfg.packing,
-                                    on_gpu=torch.cuda.is_available()),
+                                    on_gpu=torch.cuda.is_available(), model=model,
+                                    label_logits_only=cfg.label_logits_only),
         processing_class=tokenizer,
         callbacks=[HealthCallback(), InterruptCallback(), CheckpointMarker(), *callbacks],
     )
@@ -360,7 +373,7 @@ def run_trainer(trainer: Any, resume_from: Path | None, ckpt_dir: Path
             f"Out of GPU memory ({str(e).splitlines()[0][:160]}). Lower batch_size (raise "
             "gradient_accumulation_steps to keep the same effective batch), lower max_length, "
             "turn on gradient_checkpointing: true, or load the base with quantization: 4bit. "
-            "`lora-finetune estimate --model_name ... --budget 24GB` suggests settings that fit. "
+            "`lora-finetune estimate --model ... --budget 24GB` suggests settings that fit. "
             + _resume_hint(ckpt_dir)) from None
     finally:
         interrupt.uninstall()

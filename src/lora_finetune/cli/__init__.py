@@ -42,6 +42,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
         overrides["overwrite"] = "true"
     cfg = load_config(args.config, overrides)
     result = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun/accelerate only rank 0 reports
     m = result.metrics
     print(f"\nDone: {m['steps']} steps in {m['train_runtime_s']:.1f}s, "
           f"{m['real_tokens_per_second']} real tokens/s")
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each module here has `register(subparsers)`, adding its verbs with `set_defaults(func=...)`;
 # `func(args) -> int` does the work. Imports inside the functions keep `--help` fast.
-VERB_MODULES: list[str] = ["convert", "use"]
+VERB_MODULES: list[str] = ["convert", "use", "tools"]
 
 
 def main(argv: list[str] | None = None) -> int:
