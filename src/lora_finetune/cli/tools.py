@@ -8,23 +8,12 @@ import argparse
 import json
 from typing import Any
 
-
-def _opt(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
-    """--name_with_underscores, also spelled --name-with-hyphens."""
-    flags = [f"--{name}"]
-    if "_" in name:
-        flags.append(f"--{name.replace('_', '-')}")
-    kw.setdefault("dest", name.replace("-", "_"))
-    p.add_argument(*flags, **kw)
+from ._args import opt as _opt
+from ._args import parse_bool as _bool
 
 
-def _bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "yes", "on", "1"):
-        return True
-    if v in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 
 
 def _targets(text: str) -> Any:

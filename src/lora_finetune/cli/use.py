@@ -11,16 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._args import opt as _opt
+from ._args import parse_bool as _bool
 
-def _opt(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
-    """--name_with_underscores, also spelled --name-with-hyphens."""
-    flags = [f"--{name}"]
-    if "_" in name:
-        flags.append(f"--{name.replace('_', '-')}")
-    elif "-" in name:
-        flags.append(f"--{name.replace('-', '_')}")
-    kw.setdefault("dest", name.replace("-", "_"))
-    p.add_argument(*flags, **kw)
+
 
 
 def _load_flags(p: argparse.ArgumentParser, adapter_required: bool = True) -> None:
@@ -310,13 +304,6 @@ def cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "yes", "1", "on"):
-        return True
-    if v in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _usage(msg: str) -> Exception:
