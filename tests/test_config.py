@@ -66,3 +66,16 @@ def test_saved_run_config_round_trips(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match="--key value"):
         parse_overrides(["steps", "3"])
+
+
+def test_single_target_name_is_a_list():
+    assert load_config(None, {"target_modules": "q_proj"}).target_modules == ["q_proj"]
+    assert load_config(None, {"target_modules": "all-linear"}).target_modules == "all-linear"
+
+
+def test_scheduler_typo_and_checkpoint_limit_reported_with_the_rest():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"lr_scheduler_type": "cosin", "save_total_limit": "1", "r": "0"})
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "did you mean `cosine`" in msg
+    assert "save_total_limit=1" in msg and "at least 2" in msg

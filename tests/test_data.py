@@ -186,3 +186,19 @@ def test_fuzz_files_only_raise_our_error(tmp_path, raw, suffix):
         load_records(p)
     except LoraFinetuneError:
         pass
+
+
+def test_jsonl_with_raw_unicode_line_separators(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"instruction": "分段\u2028符号\u0085", "output": "好"}, {"instruction": "b", "output": "c"}]
+    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    recs = load_records(p)
+    assert len(recs) == 2 and recs[0]["messages"][0]["content"] == "分段\u2028符号\u0085"
+
+
+def test_json_file_with_one_record_object(tmp_path):
+    p = tmp_path / "one.json"
+    p.write_text(json.dumps(MESSAGES[0]), "utf-8")
+    assert [m["content"] for m in load_records(p)[0]["messages"]] == ["q1", "a1", "q2", "a2"]
+    p.write_text(json.dumps(ALPACA[1], ensure_ascii=False), "utf-8")
+    assert [m["content"] for m in load_records(p)[0]["messages"]] == ["hi", "hello", "翻译", "苹果"]

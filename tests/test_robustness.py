@@ -197,3 +197,76 @@ def test_truncated_adapter_folder_names_the_file(tiny_qwen3, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])           # a half-copied file
     with pytest.raises(LoraFinetuneError, match="adapter_model.safetensors has 100 bytes"):
         load_for_inference(res.output_dir)
+
+
+def test_explicit_resume_without_checkpoint_is_an_error(capsys, tmp_path):
+    from lora_finetune.cli import main
+
+    assert main(["train", "--resume", "--output_dir", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "no interrupted run" in err
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_reference_backend_refuses_conv1d_before_reading_data(tiny_models, tmp_path):
+    from lora_finetune.errors import ModelError
+
+    cfg = tiny_config(tiny_models["gpt2"], tmp_path / "run", lora_backend="reference",
+                      data_path=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ModelError, match="Conv1D"):
+        train(cfg)
+
+
+class _Args:
+    def __init__(self, fp16):
+        self.fp16 = fp16
+
+
+class _Control:
+    should_save = should_evaluate = should_training_stop = False
+
+
+class _State:
+    global_step = 3
+
+
+def test_fp16_overflow_is_not_mistaken_for_nan():
+    from lora_finetune.callbacks import HealthCallback
+
+    for fp16, stops in ((True, False), (False, True)):
+        h, c = HealthCallback(), _Control()
+        h.on_log(_Args(fp16), _State(), c, logs={"loss": 1.2, "grad_norm": float("inf")})
+        assert c.should_training_stop is stops
+    h, c = HealthCallback(), _Control()
+    h.on_log(_Args(True), _State(), c, logs={"loss": float("nan")})
+    assert c.should_training_stop and not c.should_save
+
+
+def test_interrupt_never_checkpoints_a_broken_step():
+    from lora_finetune.callbacks import HealthCallback, InterruptCallback
+
+    h = HealthCallback()
+    i = InterruptCallback(h)
+    i.signal = signal.SIGINT
+    c = _Control()
+    h._stop(c, "nan")
+    i.on_step_end(_Args(False), _State(), c)
+    assert c.should_training_stop and not c.should_save
+
+
+def test_chatglm_v1_code_that_breaks_gets_the_version_advice(tmp_path):
+    import json
+
+    from lora_finetune.errors import ModelError
+    from lora_finetune.models import read_model_config
+
+    folder = tmp_path / "chatglm-6b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "chatglm", "position_encoding_2d": True, "inner_hidden_size": 16384,
+        "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig"}}))
+    (folder / "configuration_chatglm.py").write_text(
+        "from transformers.old_module_gone import Something\n")
+    with pytest.raises(ModelError) as e:
+        read_model_config(str(folder), trust_remote_code=True)
+    assert "4.23" in str(e.value) and "4.33" in str(e.value)

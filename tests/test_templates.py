@@ -160,3 +160,41 @@ def test_generation_prompt_matches_training_prefix(tiny_tokenizer):
         assert enc.input_ids[: len(prompt)] == prompt
         assert all(x == IGNORE_INDEX for x in enc.labels[len(prompt) - 1: len(prompt)])
         assert enc.labels[len(prompt)] != IGNORE_INDEX
+
+
+# Qwen3's chat template logic (abridged from the published one): earlier answers are rendered
+# without the <think></think> block that the last answer gets, so the history is not a prefix
+# of the full conversation.
+QWEN3 = """{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}{%- if ns.multi_step_tool and message.role == "user" %}{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}
+{%- for message in messages %}{%- set content = message.content %}
+{%- if (message.role == "user") or (message.role == "system" and not loop.first) %}{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+{%- elif message.role == "assistant" %}{%- set reasoning_content = '' %}
+{%- if loop.index0 > ns.last_query_index %}{%- if loop.last or (not loop.last and reasoning_content) %}{{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}{{- '<|im_end|>\\n' }}
+{%- endif %}{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"""
+
+
+def test_qwen3_style_template_multi_turn(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = QWEN3
+    rows = [{"messages": [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+                          {"role": "user", "content": "U2 long question"},
+                          {"role": "assistant", "content": "A2"}]}]
+    rec = records_from_rows(rows)[0]
+    tmpl = get_template("chat", tok)
+    [enc], _ = encode_records([rec], tok, tmpl, 512)
+    real = tok.apply_chat_template([{"role": m["role"], "content": m["content"]}
+                                    for m in rec["messages"]], tokenize=False,
+                                   enable_thinking=False)
+    assert tok.decode(enc.input_ids) == real.rstrip("\n") + "\n"
+    assert _learned_spans(tok, enc) == ["A1<|im_end|>", "A2<|im_end|>"]
+    # the chat prompt for turn 2 is exactly what the template renders for generation
+    prompt = encode_prompt({"system": None, "messages": rec["messages"][:3]}, tok, tmpl)
+    assert tok.decode(prompt) == tok.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in rec["messages"][:3]],
+        tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert "<think>" not in tok.decode(enc.input_ids).split("U2")[0]  # history as Qwen3 renders it

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        from lora_finetune.config import describe_fields
+
+        print(__doc__)
+        print("Settings (--field value):\n" + describe_fields())
+        return
     config: LoRAFinetuneConfig = load_config(None, parse_overrides(argv))
 
     result = train(config)  # data -> tokenize -> model (+4-bit) -> LoRA -> Trainer -> save

@@ -48,7 +48,10 @@ class HealthCallback(TrainerCallback):
                 return
 
     def on_log(self, args, state, control, logs=None, **kw):
-        for key in ("loss", "grad_norm"):
+        # Under fp16 the loss scaler overflows now and then by design (grad_norm inf, the step
+        # is skipped); the loss and the weights tell whether training really broke.
+        keys = ("loss",) if args.fp16 else ("loss", "grad_norm")
+        for key in keys:
             v = (logs or {}).get(key)
             if isinstance(v, (int, float)) and not math.isfinite(v):
                 self._stop(control, f"{key} is {v} at step {state.global_step}")
@@ -57,8 +60,9 @@ class HealthCallback(TrainerCallback):
 class InterruptCallback(TrainerCallback):
     """Turn SIGINT/SIGTERM into "save a checkpoint now, then stop"."""
 
-    def __init__(self) -> None:
+    def __init__(self, health: HealthCallback | None = None) -> None:
         self.signal: int | None = None
+        self.health = health
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -83,7 +87,8 @@ class InterruptCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if self.signal is not None:
-            control.should_save = True
+            # never checkpoint a state the health check found broken in this same step
+            control.should_save = self.health is None or self.health.problem is None
             control.should_training_stop = True
 
 

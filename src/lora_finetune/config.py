@@ -133,7 +133,7 @@ class LoRAFinetuneConfig:
         if self.learning_rate <= 0:
             bad("learning_rate", "must be positive; LoRA usually uses 1e-4 to 5e-4")
         for name in ("batch_size", "steps", "max_length", "gradient_accumulation_steps",
-                     "logging_steps", "eval_steps", "save_steps", "save_total_limit"):
+                     "logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) <= 0:
                 bad(name, "must be a positive integer")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -143,6 +143,14 @@ class LoRAFinetuneConfig:
             bad("warmup_ratio", "must be in [0, 1); use 0.03 or 0")
         if self.max_grad_norm < 0:
             bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
+        schedulers = _scheduler_names()
+        if schedulers and self.lr_scheduler_type not in schedulers:
+            close = difflib.get_close_matches(self.lr_scheduler_type, schedulers, n=1)
+            bad("lr_scheduler_type", (f"did you mean `{close[0]}`? " if close else "")
+                + f"use one of {', '.join(schedulers)}")
+        if self.save_total_limit < 2:
+            bad("save_total_limit", "keep at least 2, so that a complete checkpoint always "
+                "exists while the next one is being written")
         if isinstance(self.target_modules, list) and not self.target_modules:
             bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
         if not str(self.model_name).strip():
@@ -166,6 +174,14 @@ class LoRAFinetuneConfig:
             data["resolved"] = extra
         Path(path).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
                               encoding="utf-8")
+
+
+def _scheduler_names() -> list[str]:
+    try:
+        from transformers import SchedulerType
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return []
+    return [t.value for t in SchedulerType]
 
 
 FIELD_NAMES = [f.name for f in fields(LoRAFinetuneConfig)]
@@ -236,10 +252,10 @@ def _coerce(name: str, value: Any) -> Any:
             v = value.strip()
             if v.startswith("["):  # a JSON/YAML list given on the command line
                 value = yaml.safe_load(v)
-            elif "," in v:
-                value = [p.strip() for p in v.split(",") if p.strip()]
-            else:
+            elif v in ("auto", "all-linear"):
                 return v
+            else:  # one name or a comma-separated list
+                value = [p.strip() for p in v.split(",") if p.strip()]
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ValueError("must be `auto`, `all-linear`, or a list of module names")
         return value

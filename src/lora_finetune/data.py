@@ -85,7 +85,9 @@ def _decode(path: Path, raw: bytes) -> str:
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which JSON strings may
+    # hold raw (json.dumps(..., ensure_ascii=False) writes them so)
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -107,9 +109,10 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
                         + hint) from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1:  # {"data": [...]} and similar wrappers
+        is_record = any(k in data for k in ("instruction", "output", "messages", "conversations"))
+        if len(lists) == 1 and not is_record:  # {"data": [...]} and similar wrappers
             data = data[lists[0]]
-        else:
+        else:  # one record on its own
             data = [data]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records (objects), found a "

@@ -15,9 +15,10 @@ import logging
 import os
 import pickle
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -107,9 +108,10 @@ def ensure_bundled_model(cache_dir: Path | None = None) -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    # A hub id is exactly `org/name`; anything else with a separator is meant as a path.
+    # A hub id is exactly `org/name`; anything else with a separator is meant as a path, and so
+    # is `models/qwen3` when a local `models/` folder exists.
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 \
-        or name.endswith("/")
+        or name.endswith("/") or ("/" in name and Path(name.split("/")[0]).is_dir())
 
 
 def maybe_convert_chatglm(path: Path, cache_dir: Path) -> Path:
@@ -159,11 +161,26 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
         "have network access and pass --model_name PATH to its folder.")
 
 
+@contextmanager
+def _v1_errors(path: str) -> Iterator[None]:
+    """ChatGLM-6B v1's own code breaks on current transformers in many places (config,
+    tokenizer, model): explain that, naming the versions it works with."""
+    try:
+        yield
+    except (AttributeError, TypeError, ImportError, NameError) as e:
+        if _is_chatglm_v1(path):
+            from .chatglm import explain_v1_load_failure
+
+            raise explain_v1_load_failure(e) from None
+        raise
+
+
 def read_model_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with _v1_errors(name):
+            return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelError(
@@ -180,6 +197,9 @@ def pick_dtype(requested: str) -> torch.dtype:
     if requested == "fp32":
         return torch.float32
     if requested == "bf16":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise ModelError(f"dtype: bf16, but this GPU ({torch.cuda.get_device_name()}) has no "
+                             "bf16 support. Use dtype: fp16 or auto.")
         return torch.bfloat16
     if requested == "fp16":
         return torch.float16
@@ -212,7 +232,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with _v1_errors(path):
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise _hub_error(path, e) from None
     if tok.pad_token is None:
@@ -244,7 +265,8 @@ def load_model(path: str, *, dtype: str = "auto", quantization: str = "none",
         else:
             from transformers import BitsAndBytesConfig
 
-            compute = torch_dtype if torch_dtype != torch.float32 else torch.bfloat16
+            compute = torch_dtype if torch_dtype != torch.float32 else (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
@@ -265,7 +287,7 @@ def load_model(path: str, *, dtype: str = "auto", quantization: str = "none",
                 model = AutoModel.from_pretrained(path, **kwargs)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (AttributeError, TypeError, ImportError) as e:
+    except (AttributeError, TypeError, ImportError, NameError) as e:
         if is_v1:
             from .chatglm import explain_v1_load_failure
 
@@ -311,7 +333,7 @@ def meta_model(path: str, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     config = read_model_config(path, trust_remote_code)
-    with init_empty_weights(), warnings.catch_warnings():
+    with _v1_errors(path), init_empty_weights(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if getattr(config, "model_type", None) == "chatglm":  # v1: AutoModel only
             from transformers import AutoModel

@@ -13,12 +13,13 @@ Templates:
 - `seed`:  问：{instruction}\\n补充信息：{input}\\n答：{output}<eos>  (the seed document's format;
            the 补充信息 line is left out when input is empty; multi-turn rounds joined by "\\n")
 - `chat`:  the tokenizer's own chat template (Qwen's or SmolLM2's ChatML, Llama 3, ChatGLM3 after
-           conversion, ...), split into segments by rendering growing prefixes of the chat.
+           conversion, ...), rendered once with the answers marked, then cut at the marks.
 - `auto`:  `chat` when the tokenizer has a chat template, else `seed`.
 """
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,58 +111,67 @@ class ChatTemplate:
 
     def segments(self, record: dict[str, Any], add_generation_prompt: bool = False
                  ) -> list[Segment]:
+        # Render the whole conversation once, with each assistant answer replaced by a marker,
+        # then cut the text at the markers. Rendering growing prefixes instead goes wrong for
+        # templates that render history differently from the last turn (Qwen3 drops the
+        # <think></think> block from earlier answers, so prefixes do not line up).
         chat = self._chat(record)
-        out: list[Segment] = []
-        done = 0  # characters of the rendered conversation already placed in segments
+        answers: dict[str, str] = {}
+        gen_prompts: dict[str, str] = {}
+        masked: list[dict[str, str]] = []
         for i, msg in enumerate(chat):
-            if msg["role"] != "assistant":
-                continue
-            prompt = self._render(chat[:i], add_generation_prompt=True)
-            full = self._render(chat[: i + 1], add_generation_prompt=False)
-            if not full.startswith(prompt):
-                # Some templates rewrite earlier turns (e.g. strip reasoning); fall back to the
-                # common prefix so the answer is still learned, and say so once.
-                k = _common_prefix(prompt, full)
-                log.warning("chat template re-renders the prompt when an answer is added; "
-                            "labels start at the first differing character")
-                prompt = full[:k]
-            if prompt[done:]:
-                out.append((prompt[done:], False))
-            answer = full[len(prompt):]
-            learned, rest = self._split_answer(answer)
-            out.append((learned, True))
-            if rest:
-                out.append((rest, False))
-            done = len(full)
-        if add_generation_prompt:
-            prompt = self._render(chat, add_generation_prompt=True)
-            if prompt[done:]:
-                out.append((prompt[done:], False))
-        else:
-            tail = self._render(chat, add_generation_prompt=False)[done:]
-            if tail:
-                out.append((tail, False))
+            if msg["role"] == "assistant":
+                mark = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
+                answers[mark] = msg["content"]
+                gen_prompts[mark] = self._generation_prompt(masked)
+                msg = {**msg, "content": mark}
+            masked.append(msg)
+        text = self._render(masked, add_generation_prompt)
+        pieces = _MARK_RE.split(text)
+        if len(pieces) != 2 * len(answers) + 1 or any(pieces[k] not in answers
+                                                      for k in range(1, len(pieces), 2)):
+            raise ConfigError("this tokenizer's chat template does not write every assistant "
+                              "answer once, as given, so answers cannot be located for the "
+                              "labels. Use template: seed, or fix the chat template.")
+        out: list[Segment] = []
+        prompt = pieces[0]
+        for k in range(1, len(pieces), 2):
+            mark = pieces[k]
+            # What the template writes between its generation prompt and the answer (ChatGLM3's
+            # "\n " after <|assistant|>) is generated at inference, so it is learned too.
+            gen = gen_prompts[mark]
+            cut = prompt.rindex(gen) + len(gen) if gen and gen in prompt else len(prompt)
+            if prompt[:cut]:
+                out.append((prompt[:cut], False))
+            learned_end, rest = self._split_turn_end(pieces[k + 1])
+            out.append((prompt[cut:] + answers[mark] + learned_end, True))
+            prompt = rest
+        if prompt:
+            out.append((prompt, False))
         return out
 
-    def _split_answer(self, answer: str) -> tuple[str, str]:
-        """Learn the answer up to and including its end-of-turn token; not what follows."""
+    def _generation_prompt(self, history: list[dict[str, str]]) -> str:
+        """The text the template adds to `history` to ask for the next answer."""
+        asked = self._render(history, add_generation_prompt=True)
+        plain = self._render(history, add_generation_prompt=False)
+        return asked[len(plain):] if asked.startswith(plain) else ""
+
+    def _split_turn_end(self, after: str) -> tuple[str, str]:
+        """What follows an answer: its end-of-turn token is learned, the rest is prompt.
+
+        With an EOS in the text (ChatML's <|im_end|>) everything up to and including the first
+        one is learned; without one (templates whose turns end with the next role marker, or a
+        base model whose EOS differs from the template's end-of-turn) EOS is appended so the
+        model still learns to stop."""
         eos = self.tokenizer.eos_token
-        if eos and eos in answer:
-            cut = answer.rindex(eos) + len(eos)
-            return answer[:cut], answer[cut:]
-        stripped = answer.rstrip()
-        # No EOS in the rendered answer (e.g. a base model whose EOS differs from the template's
-        # end-of-turn marker): append EOS so the model still learns to stop.
-        return stripped + (eos or ""), answer[len(stripped):]
+        if eos and eos in after:
+            cut = after.index(eos) + len(eos)
+            return after[:cut], after[cut:]
+        return eos or "", after
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
+_MARK_RE = re.compile(f"({_MARK_OPEN}\\d+{_MARK_CLOSE})")
 
 
 # --------------------------------------------------------------------------- choosing

@@ -126,6 +126,21 @@ def attach_lora(model: Any, cfg: LoRAFinetuneConfig, targets: list[str]) -> Any:
     return get_peft_model(model, peft_cfg)
 
 
+def check_reference_targets(model: Any, targets: list[str]) -> None:
+    """The reference LoRALinear wraps nn.Linear only: say so before any data is read."""
+    from torch import nn
+
+    from .errors import ModelError
+
+    other = sorted({type(m).__name__ for n, m in model.named_modules()
+                    if any(n == t or n.endswith("." + t) for t in targets)
+                    and not isinstance(m, nn.Linear)})
+    if other:
+        raise ModelError(f"lora_backend: reference wraps nn.Linear layers only, and the targets "
+                         f"{targets} include {', '.join(other)} layers (GPT-2 uses Conv1D). Use "
+                         "lora_backend: peft for this model.")
+
+
 def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str,
                  targets: list[str]) -> None:
     """Write the adapter in peft's format, whichever backend trained it. Call on every rank."""
@@ -148,6 +163,19 @@ def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path:
 # --------------------------------------------------------------------------- run folder
 def _work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
+
+
+def require_checkpoint(cfg: LoRAFinetuneConfig) -> Path:
+    """For an explicit `--resume`: the checkpoint to continue from, or a clear error."""
+    work = _work_dir(Path(cfg.output_dir))
+    ckpt = last_complete_checkpoint(work / "checkpoints")
+    if ckpt is None:
+        done = " (it holds a finished run)" if is_complete(Path(cfg.output_dir)) else ""
+        raise ConfigError(f"--resume: there is no interrupted run of output_dir "
+                          f"{cfg.output_dir}{done}: no complete checkpoint in "
+                          f"{work / 'checkpoints'}. Check --output_dir (and --config), or drop "
+                          "--resume to start a new run.")
+    return ckpt
 
 
 def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
@@ -280,8 +308,10 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     model_path = resolve_model(cfg.model_name, cfg.cache_dir)
     model_config = read_model_config(model_path, cfg.trust_remote_code)
     model_type = getattr(model_config, "model_type", "unknown")
-    targets = resolve_target_modules(cfg.target_modules,
-                                     meta_model(model_path, cfg.trust_remote_code), model_type)
+    skeleton = meta_model(model_path, cfg.trust_remote_code)
+    targets = resolve_target_modules(cfg.target_modules, skeleton, model_type)
+    if cfg.lora_backend == "reference":
+        check_reference_targets(skeleton, targets)
 
     # 2. Data.
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
@@ -320,7 +350,8 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         "data_sha256": data.data_sha256,
         "versions": _versions(),
     }
-    metrics = collect_metrics(trainer, runtime, eval_metrics, data, trainable, total)
+    metrics = collect_metrics(trainer, runtime, eval_metrics, data, trainable, total,
+                              tokens_before=_tokens_seen_at(resume_from))
     final = Path(cfg.output_dir)
     save_adapter(trainer, work, cfg, model_path, targets)
     if trainer.is_world_process_zero():
@@ -351,7 +382,8 @@ def build_trainer(cfg: LoRAFinetuneConfig, model: Any, tokenizer: Any, data: Pre
                                     on_gpu=torch.cuda.is_available(), model=model,
                                     label_logits_only=cfg.label_logits_only),
         processing_class=tokenizer,
-        callbacks=[HealthCallback(), InterruptCallback(), CheckpointMarker(), *callbacks],
+        callbacks=[health := HealthCallback(), InterruptCallback(health), CheckpointMarker(),
+                   *callbacks],
     )
 
 
@@ -368,6 +400,9 @@ def run_trainer(trainer: Any, resume_from: Path | None, ckpt_dir: Path
     t0 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        runtime = time.perf_counter() - t0
+        eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None and \
+            not (health.problem or interrupt.signal) else {}
     except torch.OutOfMemoryError as e:
         raise TrainingError(
             f"Out of GPU memory ({str(e).splitlines()[0][:160]}). Lower batch_size (raise "
@@ -377,7 +412,6 @@ def run_trainer(trainer: Any, resume_from: Path | None, ckpt_dir: Path
             + _resume_hint(ckpt_dir)) from None
     finally:
         interrupt.uninstall()
-    runtime = time.perf_counter() - t0
     if health.problem:
         raise TrainingError(
             f"Training stopped: {health.problem}. The loss or gradients became NaN/inf. Common "
@@ -387,8 +421,17 @@ def run_trainer(trainer: Any, resume_from: Path | None, ckpt_dir: Path
     if interrupt.signal is not None:
         raise TrainingError(f"Training interrupted at step {trainer.state.global_step}. "
                             + _resume_hint(ckpt_dir), )
-    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     return runtime, eval_metrics
+
+
+def _tokens_seen_at(checkpoint: Path | None) -> int:
+    if checkpoint is None:
+        return 0
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state.get("num_input_tokens_seen", 0) or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _resume_hint(ckpt_dir: Path, good: bool = False) -> str:
@@ -400,9 +443,11 @@ def _resume_hint(ckpt_dir: Path, good: bool = False) -> str:
 
 
 def collect_metrics(trainer: Any, runtime: float, eval_metrics: dict[str, float],
-                    data: PreparedData, trainable: int, total: int) -> dict[str, Any]:
+                    data: PreparedData, trainable: int, total: int, tokens_before: int = 0
+                    ) -> dict[str, Any]:
     history = trainer.state.log_history
-    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    # tokens this process trained on (a resumed run's count starts at the checkpoint's)
+    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
     eval_loss = eval_metrics.get("eval_loss")
     train_losses = [h["loss"] for h in history if "loss" in h]
     return {

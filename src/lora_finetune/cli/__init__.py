@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool = False) -> None:
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from ..config import load_config, parse_overrides
-    from ..train import train
+    from ..train import require_checkpoint, train
 
     overrides = parse_overrides(rest)
     if args.resume:
@@ -41,6 +41,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.overwrite:
         overrides["overwrite"] = "true"
     cfg = load_config(args.config, overrides)
+    if args.resume:
+        require_checkpoint(cfg)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun/accelerate only rank 0 reports
