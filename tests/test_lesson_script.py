@@ -32,3 +32,9 @@ def test_main_trains_and_compares(tiny_qwen3, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "微调前 before" in printed and "微调后 after" in printed and str(out) in printed
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_help_lists_the_settings(capsys):
+    _load().main(["--help"])
+    out = capsys.readouterr().out
+    assert "--model_name" in out and "--learning_rate" in out
