@@ -10,6 +10,7 @@ to `output_dir` only when complete, so `output_dir` is either a finished run or 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -198,7 +199,7 @@ def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
                           "`lora-finetune train --resume` (same settings), or pass --overwrite "
                           "to start over.")
     if work.exists():  # leftovers of a run that died before its first checkpoint
-        shutil.rmtree(work)
+        shutil.rmtree(work, ignore_errors=True)  # (every DDP rank gets here)
     return work, None
 
 
@@ -356,7 +357,9 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     save_adapter(trainer, work, cfg, model_path, targets)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(work)
-        cfg.save(work / RUN_CONFIG, extra=resolved)
+        # run control (overwrite, resume) is about this invocation, not the recipe
+        dataclasses.replace(cfg, overwrite=False, resume="no").save(work / RUN_CONFIG,
+                                                                     extra=resolved)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False),
                                     encoding="utf-8")
         plot_losses(trainer.state.log_history, work / LOSS_PLOT)
