@@ -1,4 +1,5 @@
 # The two commands:   make demo   (the main job)     make test   (the test suite)
+# For developers:      make test-fast (no end-to-end or multi-process tests)   make lint
 # Each sets up what it needs: a virtual environment in .venv, PyTorch, this package, and the
 # bundled SmolLM2-135M-Instruct model (converted once from GGUF into ~/.cache/lora-finetune).
 
@@ -13,7 +14,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install install-dev clean bench-cpu
+.PHONY: demo test test-fast lint format install clean bench-cpu
 
 demo: $(STAMP)
 	$(PY) lesson1/05_lora_finetune/lora_chatglm_demo.py --model_name smollm2-135m-instruct \
@@ -22,6 +23,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The tier a developer runs while editing: everything but the end-to-end tests on the bundled
+# model and the multi-process ones (about a minute and a half on 2 cores).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 install: $(STAMP)
 

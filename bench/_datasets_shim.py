@@ -6,12 +6,14 @@ pipelines need just `Dataset.from_list`, `.map(batched=True)`, `.train_test_spli
 still runs (and says so in its output). transformers sees no `datasets` installed and treats it
 as a plain torch Dataset.
 """
+
 from __future__ import annotations
 
 import random
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,11 +23,11 @@ class Dataset(torch.utils.data.Dataset):
         self.rows = rows
 
     @classmethod
-    def from_list(cls, rows: list[dict[str, Any]]) -> "Dataset":
+    def from_list(cls, rows: list[dict[str, Any]]) -> Dataset:
         return cls([dict(r) for r in rows])
 
     @classmethod
-    def from_dict(cls, cols: dict[str, list[Any]]) -> "Dataset":
+    def from_dict(cls, cols: dict[str, list[Any]]) -> Dataset:
         keys = list(cols)
         n = len(cols[keys[0]]) if keys else 0
         return cls([{k: cols[k][i] for k in keys} for i in range(n)])
@@ -45,12 +47,11 @@ class Dataset(torch.utils.data.Dataset):
     def __iter__(self):
         return iter(self.rows)
 
-    def remove_columns(self, columns: list[str] | str) -> "Dataset":
+    def remove_columns(self, columns: list[str] | str) -> Dataset:
         drop = {columns} if isinstance(columns, str) else set(columns)
         return Dataset([{k: v for k, v in r.items() if k not in drop} for r in self.rows])
 
-    def map(self, fn: Callable, batched: bool = False, remove_columns: list[str] | None = None,
-            **_: Any) -> "Dataset":
+    def map(self, fn: Callable, batched: bool = False, remove_columns: list[str] | None = None, **_: Any) -> Dataset:
         drop = set(remove_columns or [])
         out = []
         if batched:
@@ -78,7 +79,7 @@ class Dataset(torch.utils.data.Dataset):
 
 
 class DatasetDict(dict):
-    def map(self, fn: Callable, **kw: Any) -> "DatasetDict":
+    def map(self, fn: Callable, **kw: Any) -> DatasetDict:
         return DatasetDict({k: v.map(fn, **kw) for k, v in self.items()})
 
 

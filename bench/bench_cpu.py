@@ -10,7 +10,7 @@ Python process (so peak RSS is its own) under transformers' Trainer, measured by
 
 - seed: pad every sample to 768, batch 2, DataCollatorForLanguageModeling, LoRA r8/a32 on
   q/k/v/o (see seed_pipeline.py);
-- ours: `lora_finetune.train.train(cfg)` end to end with our defaults (per-batch padding,
+- ours: `lora_finetune.training.train(cfg)` end to end with our defaults (per-batch padding,
   length-grouped batches, prompt masked, LoRA on all projections, eval and checkpoints every 25
   steps), `template: seed` so both read the same text; `ours-chat` uses our default chat
   template instead (SmolLM2's ChatML adds a system prompt: more real tokens per sample).
@@ -23,6 +23,7 @@ Results go to bench/out/cpu-<timestamp>.json and a markdown table on stdout; cop
 bench/RESULTS.md with the date. Run when the machine is otherwise idle (`uptime` load < 0.5):
 the load average at start and end is recorded with the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,18 +77,27 @@ def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
 
             tok = AutoTokenizer.from_pretrained(model_path)
             probe = ThroughputProbe(pad_token_id=tok.eos_token_id)
-            trainer = build_seed_trainer(model_path, tok, dummy_rows(),
-                                         SeedSettings(steps=steps), Path(tmp) / "seed",
-                                         callbacks=[probe])
+            trainer = build_seed_trainer(
+                model_path, tok, dummy_rows(), SeedSettings(steps=steps), Path(tmp) / "seed", callbacks=[probe]
+            )
             trainer.train()
-            settings = {"pipeline": "seed", "pad_to": 768, "batch_size": 2, "targets": "q,k,v,o",
-                        "template": "seed (问/补充信息/答, no EOS)"}
+            settings = {
+                "pipeline": "seed",
+                "pad_to": 768,
+                "batch_size": 2,
+                "targets": "q,k,v,o",
+                "template": "seed (问/补充信息/答, no EOS)",
+            }
         else:
             from lora_finetune.config import build_config
-            from lora_finetune.train import train
+            from lora_finetune.training import train
 
-            values = {"model_name": "smollm2-135m-instruct", "output_dir": str(Path(tmp) / "ours"),
-                      "steps": steps, "template": "seed"}
+            values = {
+                "model_name": "smollm2-135m-instruct",
+                "output_dir": str(Path(tmp) / "ours"),
+                "steps": steps,
+                "template": "seed",
+            }
             name, _, spec = variant.partition(":")
             if name == "ours-chat":
                 values["template"] = "auto"
@@ -98,16 +108,37 @@ def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
             cfg = build_config(values)
             probe = ThroughputProbe(pad_token_id=2)  # SmolLM2: pad = eos = <|im_end|> (id 2)
             res = train(cfg, callbacks=[probe])
-            settings = {"pipeline": variant, **{k: str(v) for k, v in cfg.to_dict().items()
-                                               if k in ("batch_size", "template", "packing",
-                                                        "group_by_length", "target_modules",
-                                                        "gradient_checkpointing", "eval_steps",
-                                                        "save_steps")},
-                        "trainer_real_tokens_per_s": res.metrics.get("real_tokens_per_second")}
+            settings = {
+                "pipeline": variant,
+                **{
+                    k: str(v)
+                    for k, v in cfg.to_dict().items()
+                    if k
+                    in (
+                        "batch_size",
+                        "template",
+                        "packing",
+                        "group_by_length",
+                        "target_modules",
+                        "gradient_checkpointing",
+                        "eval_steps",
+                        "save_steps",
+                    )
+                },
+                "trainer_real_tokens_per_s": res.metrics.get("real_tokens_per_second"),
+            }
     summary = probe.summary(warmup)
-    summary.update({"variant": variant, "settings": settings, "steps": steps,
-                    "rss_at_start_bytes": rss0, "total_s": time.perf_counter() - t0,
-                    "torch_threads": torch.get_num_threads(), "info": run_info()})
+    summary.update(
+        {
+            "variant": variant,
+            "settings": settings,
+            "steps": steps,
+            "rss_at_start_bytes": rss0,
+            "total_s": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
+            "info": run_info(),
+        }
+    )
     write_json(result, summary)
 
 
@@ -116,29 +147,38 @@ def table(results: list[dict]) -> str:
     from common import fmt, fmt_bytes
 
     seed = next((r for r in results if r["variant"] == "seed"), None)
-    head = ("| pipeline | step time (s) | real tok/s | padded tok/s | padding | peak RSS | "
-            "RSS growth in training | ours/seed (real tok/s) |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = (
+        "| pipeline | step time (s) | real tok/s | padded tok/s | padding | peak RSS | "
+        "RSS growth in training | ours/seed (real tok/s) |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     lines = [head]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | | | |")
             continue
-        ratio = (r["real_tokens_per_s"] / seed["real_tokens_per_s"]
-                 if seed and "real_tokens_per_s" in seed and r is not seed else None)
+        ratio = (
+            r["real_tokens_per_s"] / seed["real_tokens_per_s"]
+            if seed and "real_tokens_per_s" in seed and r is not seed
+            else None
+        )
         lines.append(
             f"| {r['variant']} | {r['step_time_s']:.3f} | {fmt(r['real_tokens_per_s'])} | "
             f"{fmt(r['padded_tokens_per_s'])} | {100 * r['padding_fraction']:.0f}% | "
             f"{fmt_bytes(r.get('peak_rss_bytes'))} | "
             f"{fmt_bytes(r.get('rss_growth_in_training_bytes'))} | "
-            f"{'' if ratio is None else f'{ratio:.1f}x'} |")
+            f"{'' if ratio is None else f'{ratio:.1f}x'} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help="comma-separated; ours ablations as 'ours:key=value;key=value'")
+    ap.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated; ours ablations as 'ours:key=value;key=value'",
+    )
     ap.add_argument("--seed-steps", type=int, default=8)
     ap.add_argument("--ours-steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=2)
@@ -164,29 +204,51 @@ def main() -> int:
         res_file = out.parent / f".{out.stem}-{len(results)}.json"
         print(f"[bench] {v}: {steps} steps ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", v, "--steps", str(steps),
-                               "--warmup", str(a.warmup), "--result", str(res_file)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                v,
+                "--steps",
+                str(steps),
+                "--warmup",
+                str(a.warmup),
+                "--result",
+                str(res_file),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0 or not res_file.exists():
-            results.append({"variant": v, "error": proc.stderr.strip().splitlines()[-1]
-                            if proc.stderr.strip() else f"exit {proc.returncode}"})
+            results.append(
+                {
+                    "variant": v,
+                    "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
+                }
+            )
             print(proc.stderr[-3000:], file=sys.stderr)
             continue
         r = json.loads(res_file.read_text())
         res_file.unlink()
         results.append(r)
-        print(f"[bench] {v}: {r['real_tokens_per_s']:.1f} real tok/s, step "
-              f"{r['step_time_s']:.3f} s ({time.perf_counter() - t:.0f} s)", file=sys.stderr,
-              flush=True)
+        print(
+            f"[bench] {v}: {r['real_tokens_per_s']:.1f} real tok/s, step "
+            f"{r['step_time_s']:.3f} s ({time.perf_counter() - t:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     from common import run_info, write_json
 
     info = run_info()
     info["load_average_start"] = load_start
     info["load_average_end"] = os.getloadavg()
     write_json(out, {"info": info, "results": results})
-    print(f"\nCPU benchmark, {info['date']}, {info['device']['cpu']} x{info['device']['cpu_count']}"
-          f", torch threads {info['device']['torch_threads']}, load avg at start "
-          f"{load_start[0]:.2f}, end {info['load_average_end'][0]:.2f}")
+    print(
+        f"\nCPU benchmark, {info['date']}, {info['device']['cpu']} x{info['device']['cpu_count']}"
+        f", torch threads {info['device']['torch_threads']}, load avg at start "
+        f"{load_start[0]:.2f}, end {info['load_average_end'][0]:.2f}"
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(table(results))
     print(f"\n(json: {out})")

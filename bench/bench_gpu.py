@@ -23,7 +23,7 @@ frozen base gets no weight gradient; LoRA's own FLOPs are left out) plus attenti
 sample's real length, plus 4 x the output head per position whose next token is learned (every
 real position for the seed, which learns the prompt too; the answers for ours). Padding,
 recomputation (gradient checkpointing) and 4-bit dequantisation are not useful FLOPs. Each run also records what
-`lora_finetune.estimate` predicts for its peak memory (GPU calibration).
+`lora_finetune.tools.estimate` predicts for its peak memory (GPU calibration).
 
 Runs, most important first; when the time budget (--budget-s) would be exceeded the rest are
 skipped and listed as such. Missing optional packages degrade: no bitsandbytes -> 4-bit runs
@@ -31,6 +31,7 @@ skipped; no liger-kernel -> ours runs without it (logged); no datasets -> a smal
 (bench/_datasets_shim.py). Results: OUT/gpu-results.json and OUT/gpu-results.md, written after
 every run so a cut-off call still returns what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,30 +54,59 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                 num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                 tie_word_embeddings=True, rope_theta=1000000.0)
-GLM_6B = dict(vocab_size=65024, hidden_size=4096, intermediate_size=13696, num_hidden_layers=28,
-              num_attention_heads=32, num_key_value_heads=2, head_dim=128,
-              partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False,
-              max_position_embeddings=8192, rms_norm_eps=1e-5)
-TINY = dict(vocab_size=2000, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+QWEN3_06B = dict(
+    vocab_size=151936,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+)
+GLM_6B = dict(
+    vocab_size=65024,
+    hidden_size=4096,
+    intermediate_size=13696,
+    num_hidden_layers=28,
+    num_attention_heads=32,
+    num_key_value_heads=2,
+    head_dim=128,
+    partial_rotary_factor=0.5,
+    attention_bias=True,
+    tie_word_embeddings=False,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+)
+TINY = dict(
+    vocab_size=2000,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 # (run name, model, pipeline, precision, our settings)
 RUNS = [
     ("qwen3-0.6b bf16 seed", "qwen3-0.6b", "seed", "bf16", {}),
     ("qwen3-0.6b bf16 ours (defaults, batch 2)", "qwen3-0.6b", "ours", "bf16", {}),
-    ("qwen3-0.6b bf16 ours (batch 16, packing)", "qwen3-0.6b", "ours", "bf16",
-     {"batch_size": 16, "packing": True}),
-    ("glm-6b 4bit ours (batch 8, checkpointing)", "glm-6b", "ours", "4bit",
-     {"batch_size": 8, "gradient_checkpointing": True}),
+    ("qwen3-0.6b bf16 ours (batch 16, packing)", "qwen3-0.6b", "ours", "bf16", {"batch_size": 16, "packing": True}),
+    (
+        "glm-6b 4bit ours (batch 8, checkpointing)",
+        "glm-6b",
+        "ours",
+        "4bit",
+        {"batch_size": 8, "gradient_checkpointing": True},
+    ),
     ("glm-6b 4bit seed", "glm-6b", "seed", "4bit", {}),
     ("glm-6b bf16 ours (batch 8)", "glm-6b", "ours", "bf16", {"batch_size": 8}),
     ("glm-6b bf16 seed", "glm-6b", "seed", "bf16", {}),
-    ("qwen3-0.6b bf16 ours (batch 16, length-grouped)", "qwen3-0.6b", "ours", "bf16",
-     {"batch_size": 16}),
+    ("qwen3-0.6b bf16 ours (batch 16, length-grouped)", "qwen3-0.6b", "ours", "bf16", {"batch_size": 16}),
     ("qwen3-0.6b 4bit ours (batch 16)", "qwen3-0.6b", "ours", "4bit", {"batch_size": 16}),
     ("qwen3-0.6b 4bit seed", "qwen3-0.6b", "seed", "4bit", {}),
 ]
@@ -95,8 +125,7 @@ def make_tokenizer(vocab_size: int):
     vocab = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>", pad_token="</s>")
 
 
 def make_rows(n: int, vocab_size: int, lo: int, hi: int, seed: int = 0) -> list[dict[str, str]]:
@@ -117,7 +146,7 @@ def make_rows(n: int, vocab_size: int, lo: int, hi: int, seed: int = 0) -> list[
 def build_model_folder(name: str, kind: str, dims: dict, root: Path, device: str) -> Path:
     """Random-weight model from its config, saved in bf16 with the word-level tokenizer."""
     import torch
-    from transformers import (AutoModelForCausalLM, GlmConfig, Qwen3Config)
+    from transformers import AutoModelForCausalLM, GlmConfig, Qwen3Config
 
     folder = root / name
     if (folder / "config.json").is_file():
@@ -158,7 +187,7 @@ def matmul_ceiling(device: str, smoke: bool) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    return {"n": n, "dtype": str(dtype), "tflops": 2 * n ** 3 * reps / dt / 1e12}
+    return {"n": n, "dtype": str(dtype), "tflops": 2 * n**3 * reps / dt / 1e12}
 
 
 def useful_flops_per_step(shape, mean_len: float, real: float, learned: float) -> float:
@@ -171,12 +200,11 @@ def useful_flops_per_step(shape, mean_len: float, real: float, learned: float) -
 
 
 # --------------------------------------------------------------------------- one run
-def run_one(spec, folder: Path, rows, steps: int, warmup: int, device: str, scratch: Path,
-            max_len: int) -> dict:
+def run_one(spec, folder: Path, rows, steps: int, warmup: int, device: str, scratch: Path, max_len: int) -> dict:
     import torch
     from common import ThroughputProbe
 
-    from lora_finetune.estimate import Setup, estimate_memory, load_shape
+    from lora_finetune.tools.estimate import Setup, estimate_memory, load_shape
 
     name, model_name, pipeline, precision, settings = spec
     cuda = device == "cuda"
@@ -189,61 +217,86 @@ def run_one(spec, folder: Path, rows, steps: int, warmup: int, device: str, scra
     t0 = time.perf_counter()
     if pipeline == "seed":
         from seed_pipeline import SeedSettings, build_seed_trainer
-
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(folder)
-        trainer = build_seed_trainer(str(folder), tok, rows,
-                                     SeedSettings(steps=total_steps,
-                                                  load_in_4bit=precision == "4bit"),
-                                     out_dir, callbacks=[probe])
+        trainer = build_seed_trainer(
+            str(folder),
+            tok,
+            rows,
+            SeedSettings(steps=total_steps, load_in_4bit=precision == "4bit"),
+            out_dir,
+            callbacks=[probe],
+        )
         trainer.train()
-        used = {"batch_size": 2, "pad_to": 768, "targets": "q,k,v,o",
-                "precision": "bf16 weights, no autocast" if precision == "bf16"
-                else "load_in_4bit (fp4, fp32 compute)"}
+        used = {
+            "batch_size": 2,
+            "pad_to": 768,
+            "targets": "q,k,v,o",
+            "precision": "bf16 weights, no autocast" if precision == "bf16" else "load_in_4bit (fp4, fp32 compute)",
+        }
         setup = None
         del trainer
     else:
         from lora_finetune.config import build_config
-        from lora_finetune.train import train
+        from lora_finetune.training import train
 
         data_file = scratch / f"rows-{len(rows)}.jsonl"
         if not data_file.exists():
             data_file.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-        values = {"model_name": str(folder), "output_dir": str(out_dir / "ours"),
-                  "data_path": str(data_file), "steps": total_steps, "eval_fraction": 0.0,
-                  "max_length": max_len, "save_steps": 10 ** 6, "logging_steps": 10,
-                  "quantization": precision if precision == "4bit" else "none",
-                  "dtype": "bf16" if cuda else "fp32", **settings}
+        values = {
+            "model_name": str(folder),
+            "output_dir": str(out_dir / "ours"),
+            "data_path": str(data_file),
+            "steps": total_steps,
+            "eval_fraction": 0.0,
+            "max_length": max_len,
+            "save_steps": 10**6,
+            "logging_steps": 10,
+            "quantization": precision if precision == "4bit" else "none",
+            "dtype": "bf16" if cuda else "fp32",
+            **settings,
+        }
         cfg = build_config(values)
         used = {k: values.get(k) for k in ("batch_size", "packing", "gradient_checkpointing")}
         try:
             res = train(cfg, callbacks=[probe])
-            used.update({"quantization": res.resolved.get("quantization"),
-                         "notes": res.resolved.get("notes")})
+            used.update({"quantization": res.resolved.quantization, "notes": res.resolved.notes})
         except Exception as e:
             if len(probe.steps) < total_steps:
                 raise
             # Training itself finished and was measured; saving the run folder failed.
             used["error_after_training"] = f"{type(e).__name__}: {e}"[:300]
             res = None
-        setup = Setup(quantization=cfg.quantization, dtype="bf16" if cuda else "fp32",
-                      r=cfg.r, batch_size=cfg.batch_size, dropout=cfg.dropout,
-                      gradient_checkpointing=cfg.gradient_checkpointing,
-                      device="cuda" if cuda else "cpu",
-                      liger=res is not None and any(
-                          "liger-kernel:" in n for n in (res.resolved.get("notes") or [])))
+        setup = Setup(
+            quantization=cfg.quantization,
+            dtype="bf16" if cuda else "fp32",
+            r=cfg.r,
+            batch_size=cfg.batch_size,
+            dropout=cfg.dropout,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            device="cuda" if cuda else "cpu",
+            liger=res is not None and any("liger-kernel:" in n for n in res.resolved.notes),
+        )
     gc.collect()
     summary = probe.summary(warmup)
-    summary.update({"run": name, "model": model_name, "pipeline": pipeline,
-                    "precision": precision, "settings": used,
-                    "wall_s": time.perf_counter() - t0})
+    summary.update(
+        {
+            "run": name,
+            "model": model_name,
+            "pipeline": pipeline,
+            "precision": precision,
+            "settings": used,
+            "wall_s": time.perf_counter() - t0,
+        }
+    )
     shape = load_shape(str(folder))
     lengths = [len(r["instruction"].split()) + len(r["output"].split()) + 4 for r in rows]
     mean_len = sum(lengths) / len(lengths)
     if summary.get("measured_steps"):
         summary["useful_flops_per_step"] = useful_flops_per_step(
-            shape, mean_len, summary["real_tokens_per_step"], summary["learned_tokens_per_step"])
+            shape, mean_len, summary["real_tokens_per_step"], summary["learned_tokens_per_step"]
+        )
     if setup is not None and summary.get("measured_steps"):
         longest_row = summary["padded_tokens_per_step"] / max(1, setup.batch_size)
         setup.max_length = max(1, int(math.ceil(longest_row)))
@@ -260,29 +313,41 @@ def markdown(results: list[dict], info: dict) -> str:
     from common import fmt, fmt_bytes
 
     ceiling = info.get("matmul", {}).get("tflops")
-    lines = [f"GPU benchmark {info['date']}: {info['device'].get('gpu', 'no GPU')} "
-             f"(bf16 matmul ceiling measured: {fmt(ceiling)} TFLOP/s)",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
-             "| run | step (s) | real tok/s | padded tok/s | padding | peak mem (max allocated) "
-             "| estimate | MFU | ours/seed |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| ---: | ---: |"]
-    seeds = {(r["model"], r["precision"]): r for r in results
-             if r.get("pipeline") == "seed" and "real_tokens_per_s" in r}
+    lines = [
+        f"GPU benchmark {info['date']}: {info['device'].get('gpu', 'no GPU')} "
+        f"(bf16 matmul ceiling measured: {fmt(ceiling)} TFLOP/s)",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "",
+        "| run | step (s) | real tok/s | padded tok/s | padding | peak mem (max allocated) "
+        "| estimate | MFU | ours/seed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    seeds = {
+        (r["model"], r["precision"]): r for r in results if r.get("pipeline") == "seed" and "real_tokens_per_s" in r
+    }
     for r in results:
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['run']} | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error'][:90]} | | | | | | | |")
+            why = "skipped: " + r["skipped"] if "skipped" in r else "failed: " + r["error"][:90]
+            lines.append(f"| {r['run']} | {why} | | | | | | | |")
             continue
         seed = seeds.get((r["model"], r["precision"]))
-        ratio = (f"{r['real_tokens_per_s'] / seed['real_tokens_per_s']:.1f}x"
-                 if seed and r is not seed and r.get("real_tokens_per_s") else "")
+        ratio = (
+            f"{r['real_tokens_per_s'] / seed['real_tokens_per_s']:.1f}x"
+            if seed and r is not seed and r.get("real_tokens_per_s")
+            else ""
+        )
         mem = r.get("peak_gpu_mem_bytes", r.get("peak_rss_bytes"))
-        mfu = (r["useful_flops_per_step"] / r["step_time_s"] / (ceiling * 1e12)
-               if ceiling and r.get("useful_flops_per_step") else None)
+        mfu = (
+            r["useful_flops_per_step"] / r["step_time_s"] / (ceiling * 1e12)
+            if ceiling and r.get("useful_flops_per_step")
+            else None
+        )
         lines.append(
             f"| {r['run']} | {r['step_time_s']:.3f} | {fmt(r['real_tokens_per_s'], 0)} | "
             f"{fmt(r['padded_tokens_per_s'], 0)} | {100 * (r['padding_fraction'] or 0):.0f}% | "
             f"{fmt_bytes(mem)} | {fmt_bytes(r.get('estimate_peak_allocated_bytes'))} | "
-            f"{'' if mfu is None else f'{100 * mfu:.1f}%'} | {ratio} |")
+            f"{'' if mfu is None else f'{100 * mfu:.1f}%'} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -290,14 +355,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "gpu")
     ap.add_argument("--smoke", action="store_true", help="tiny models on CPU, 3 steps each")
-    ap.add_argument("--budget-s", type=float, default=540,
-                    help="stop starting new runs after this many seconds (default 540)")
+    ap.add_argument(
+        "--budget-s", type=float, default=540, help="stop starting new runs after this many seconds (default 540)"
+    )
     ap.add_argument("--steps", type=int, default=10, help="measured steps per run")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated substrings of run names")
     ap.add_argument("--scratch", type=Path, default=None, help="where models are saved")
-    ap.add_argument("--no-datasets", action="store_true",
-                    help="use the datasets stand-in even if datasets is installed (testing)")
+    ap.add_argument(
+        "--no-datasets", action="store_true", help="use the datasets stand-in even if datasets is installed (testing)"
+    )
     a = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -319,13 +386,15 @@ def main() -> int:
     info = run_info()
     info["smoke"] = a.smoke
     if importlib.util.find_spec("matplotlib") is None:
-        import lora_finetune.train as lt
+        import lora_finetune.training.run as lt
 
         lt.plot_losses = lambda *a, **k: None  # the loss plot is the only use of matplotlib
-    info["optional"] = {"bitsandbytes": has_bnb,
-                        "matplotlib": importlib.util.find_spec("matplotlib") is not None,
-                        "liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
-                        "datasets": not shimmed}
+    info["optional"] = {
+        "bitsandbytes": has_bnb,
+        "matplotlib": importlib.util.find_spec("matplotlib") is not None,
+        "liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
+        "datasets": not shimmed,
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
 
@@ -339,9 +408,10 @@ def main() -> int:
     scratch = a.scratch or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     dims = {"qwen3-0.6b": ("qwen3", QWEN3_06B), "glm-6b": ("glm", GLM_6B)}
     if a.smoke:
-        dims = {"qwen3-0.6b": ("qwen3", TINY), "glm-6b": ("glm", {**TINY,
-                                                                  "partial_rotary_factor": 0.5,
-                                                                  "attention_bias": True})}
+        dims = {
+            "qwen3-0.6b": ("qwen3", TINY),
+            "glm-6b": ("glm", {**TINY, "partial_rotary_factor": 0.5, "attention_bias": True}),
+        }
     n_rows, lo, hi = (48, 16, 64) if a.smoke else (600, 64, 512)
     max_len = hi + 16
     folders: dict[str, Path] = {}
@@ -356,8 +426,7 @@ def main() -> int:
             save()
             continue
         elapsed = time.perf_counter() - t_start
-        need = (3 if a.smoke else cost[model_name]) + (0 if model_name in folders else
-                                                       (2 if a.smoke else 60))
+        need = (3 if a.smoke else cost[model_name]) + (0 if model_name in folders else (2 if a.smoke else 60))
         if elapsed + need > a.budget_s:
             results.append({"run": name, "skipped": f"time budget ({elapsed:.0f} s used)"})
             save()
@@ -369,14 +438,17 @@ def main() -> int:
             vocab = dims[model_name][1]["vocab_size"]
             rows = make_rows(n_rows, vocab, lo, hi)
             log(f"{name} ...")
-            r = run_one(spec, folders[model_name], rows, a.steps, a.warmup, device, scratch,
-                        max_len)
-            log(f"{name}: {r.get('real_tokens_per_s') or 0:.0f} real tok/s, step "
-                f"{r.get('step_time_s') or 0:.3f} s")
+            r = run_one(spec, folders[model_name], rows, a.steps, a.warmup, device, scratch, max_len)
+            log(f"{name}: {r.get('real_tokens_per_s') or 0:.0f} real tok/s, step {r.get('step_time_s') or 0:.3f} s")
         except Exception as e:  # one failed run must not lose the others
-            r = {"run": name, "model": model_name, "pipeline": pipeline, "precision": precision,
-                 "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
-                 "traceback": traceback.format_exc()[-3000:]}
+            r = {
+                "run": name,
+                "model": model_name,
+                "pipeline": pipeline,
+                "precision": precision,
+                "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                "traceback": traceback.format_exc()[-3000:],
+            }
             log(f"{name} failed: {r['error']}")
         finally:
             gc.collect()

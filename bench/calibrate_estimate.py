@@ -19,6 +19,7 @@ position, backward, AdamW step) on random tokens. Measured:
 The GPU counterpart (torch.cuda.max_memory_allocated vs the estimate's peak allocated) runs in
 bench/bench_gpu.py and is pending a GPU session.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,15 +52,22 @@ QUICK = [CONFIGS[1], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[7]]
 def tiny_folder(kind: str, root: Path) -> Path:
     """Tiny random models with a real vocabulary size (so logits matter) saved to a folder."""
     import torch
-    from transformers import (GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM,
-                              Qwen3Config, Qwen3ForCausalLM)
+    from transformers import GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     folder = root / kind
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(0)
-    common = dict(vocab_size=32000, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                  num_attention_heads=8, num_key_value_heads=2, head_dim=32, pad_token_id=0)
+    common = dict(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        pad_token_id=0,
+    )
     if kind == "tiny-qwen3":
         m = Qwen3ForCausalLM(Qwen3Config(**common, tie_word_embeddings=True))
     elif kind == "tiny-llama":
@@ -78,25 +86,27 @@ def worker(spec: dict) -> dict:
     from common import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     from lora_finetune.config import build_config
-    from lora_finetune.estimate import Setup, estimate_memory, load_shape
-    from lora_finetune.models import load_model, resolve_model
-    from lora_finetune.train import attach_lora
+    from lora_finetune.models import attach_lora, load_model, resolve_model
+    from lora_finetune.tools.estimate import Setup, estimate_memory, load_shape
 
-    path = resolve_model("smollm2-135m-instruct") if spec["model"] == "smollm2" \
-        else spec["folder"]
+    path = resolve_model("smollm2-135m-instruct") if spec["model"] == "smollm2" else spec["folder"]
     shape = load_shape(path)
-    setup = Setup(dtype="fp32", device="cpu", batch_size=spec["batch"],
-                  max_length=spec["length"], gradient_checkpointing=spec["gc"],
-                  dropout=spec["dropout"])
+    setup = Setup(
+        dtype="fp32",
+        device="cpu",
+        batch_size=spec["batch"],
+        max_length=spec["length"],
+        gradient_checkpointing=spec["gc"],
+        dropout=spec["dropout"],
+    )
     est = estimate_memory(shape, setup)
     rss0 = rss_bytes()
-    model, _, _, _ = load_model(path, dtype="fp32")
+    model = load_model(path, dtype="fp32").model
     with torch.no_grad():  # safetensors maps the file lazily: touch every page so it is resident
         for p in model.parameters():
             p.sum()
     rss_loaded = rss_bytes()
-    cfg = build_config({"model_name": str(path), "dropout": spec["dropout"],
-                        "gradient_checkpointing": spec["gc"]})
+    cfg = build_config({"model_name": str(path), "dropout": spec["dropout"], "gradient_checkpointing": spec["gc"]})
     if spec["gc"]:
         model.enable_input_require_grads()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -119,11 +129,16 @@ def worker(spec: dict) -> dict:
         del loss
     peak = peak_rss_bytes()
     predicted = est.lora + est.activations + est.logits + est.other
-    return {**{k: spec[k] for k in ("model", "batch", "length", "gc", "dropout")},
-            "weights_measured": rss_loaded - rss0, "weights_predicted": est.weights,
-            "growth_measured": peak - base, "growth_predicted": predicted,
-            "activations_predicted": est.activations, "logits_predicted": est.logits,
-            "lora_predicted": est.lora}
+    return {
+        **{k: spec[k] for k in ("model", "batch", "length", "gc", "dropout")},
+        "weights_measured": rss_loaded - rss0,
+        "weights_predicted": est.weights,
+        "growth_measured": peak - base,
+        "growth_predicted": predicted,
+        "activations_predicted": est.activations,
+        "logits_predicted": est.logits,
+        "lora_predicted": est.lora,
+    }
 
 
 def main() -> int:
@@ -137,9 +152,8 @@ def main() -> int:
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="calib-") as tmp:
-        for model, batch, length, gc, dropout in (QUICK if a.quick else CONFIGS):
-            spec = {"model": model, "batch": batch, "length": length, "gc": gc,
-                    "dropout": dropout}
+        for model, batch, length, gc, dropout in QUICK if a.quick else CONFIGS:
+            spec = {"model": model, "batch": batch, "length": length, "gc": gc, "dropout": dropout}
             if model != "smollm2":
                 spec["folder"] = str(tiny_folder(model, Path(tmp)))
             # A fixed mmap threshold makes glibc return every large freed block to the OS, so
@@ -147,28 +161,37 @@ def main() -> int:
             # max_memory_allocated reports); with glibc's default adaptive threshold freed
             # activations stay in the heap and the peak RSS includes that cache.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-            p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                               capture_output=True, text=True, env=env)
+            p = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+            )
             if p.returncode != 0:
                 print(p.stderr[-2000:], file=sys.stderr)
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"[calib] {model} b{batch} x{length} gc={gc}: growth measured "
-                  f"{r['growth_measured'] / 2**20:.0f} MiB, predicted "
-                  f"{r['growth_predicted'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+            print(
+                f"[calib] {model} b{batch} x{length} gc={gc}: growth measured "
+                f"{r['growth_measured'] / 2**20:.0f} MiB, predicted "
+                f"{r['growth_predicted'] / 2**20:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     from common import run_info, write_json
 
     write_json(a.out, {"info": run_info(), "rows": rows})
-    print("| model | batch x length | grad. ckpt | dropout | weights: measured / predicted | "
-          "training growth: measured / predicted | error |")
+    print(
+        "| model | batch x length | grad. ckpt | dropout | weights: measured / predicted | "
+        "training growth: measured / predicted | error |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         err = 100 * (r["growth_predicted"] - r["growth_measured"]) / r["growth_measured"]
-        print(f"| {r['model']} | {r['batch']} x {r['length']} | {'yes' if r['gc'] else 'no'} | "
-              f"{r['dropout']} | {r['weights_measured'] / 2**20:.0f} / "
-              f"{r['weights_predicted'] / 2**20:.0f} MiB | {r['growth_measured'] / 2**20:.0f} / "
-              f"{r['growth_predicted'] / 2**20:.0f} MiB | {err:+.0f}% |")
+        print(
+            f"| {r['model']} | {r['batch']} x {r['length']} | {'yes' if r['gc'] else 'no'} | "
+            f"{r['dropout']} | {r['weights_measured'] / 2**20:.0f} / "
+            f"{r['weights_predicted'] / 2**20:.0f} MiB | {r['growth_measured'] / 2**20:.0f} / "
+            f"{r['growth_predicted'] / 2**20:.0f} MiB | {err:+.0f}% |"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ differs.
   reset through /proc/self/clear_refs where the kernel allows it); on GPU
   `torch.cuda.max_memory_allocated`.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -29,8 +30,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-GiB = 1024 ** 3
-MiB = 1024 ** 2
+GiB = 1024**3
+MiB = 1024**2
 
 
 # --------------------------------------------------------------------------- memory
@@ -144,10 +145,15 @@ class ThroughputProbe(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         self._sync()
         now = time.perf_counter()
-        self.steps.append({"compute_s": now - self._t_begin,
-                           "wall_s": now - (self._last_end or self._t_begin),
-                           "real_tokens": self._tokens[0], "padded_tokens": self._tokens[1],
-                           "learned_tokens": self._learned})
+        self.steps.append(
+            {
+                "compute_s": now - self._t_begin,
+                "wall_s": now - (self._last_end or self._t_begin),
+                "real_tokens": self._tokens[0],
+                "padded_tokens": self._tokens[1],
+                "learned_tokens": self._learned,
+            }
+        )
         self._tokens = [0, 0]
         self._learned = 0
         self._last_end = now
@@ -196,8 +202,16 @@ class ThroughputProbe(TrainerCallback):
 # --------------------------------------------------------------------------- run info
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
-                "liger-kernel", "lora-finetune"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "bitsandbytes",
+        "liger-kernel",
+        "lora-finetune",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -216,8 +230,7 @@ def cpu_name() -> str:
 
 
 def device_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     try:
         info["load_average"] = os.getloadavg()
     except OSError:
@@ -231,8 +244,11 @@ def device_info() -> dict[str, Any]:
 
 
 def run_info() -> dict[str, Any]:
-    return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "device": device_info(), "versions": versions()}
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device_info(),
+        "versions": versions(),
+    }
 
 
 def write_json(path: Path, data: Any) -> None:

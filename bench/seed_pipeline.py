@@ -19,6 +19,7 @@ Rebuilt from the document (the seed script itself is not in the repository), ste
    labels are input_ids with every pad id (= EOS) masked, so the prompt is learned too and EOS
    never is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,8 +87,14 @@ def load_seed_model(path: str, s: SeedSettings):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def build_seed_trainer(model_path: str, tokenizer: Any, rows: list[dict[str, Any]],
-                       s: SeedSettings, output_dir: Path, callbacks: list[Any] | None = None):
+def build_seed_trainer(
+    model_path: str,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    s: SeedSettings,
+    output_dir: Path,
+    callbacks: list[Any] | None = None,
+):
     """Steps 1-6; returns the Trainer, ready for `.train()`."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
@@ -97,13 +104,28 @@ def build_seed_trainer(model_path: str, tokenizer: Any, rows: list[dict[str, Any
         tokenizer.pad_token = tokenizer.eos_token
     data = seed_tokenize(rows, tokenizer, s)
     base = load_seed_model(model_path, s)
-    peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=s.r, lora_alpha=s.alpha,
-                             lora_dropout=s.dropout, target_modules=seed_targets(base))
+    peft_config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=s.r,
+        lora_alpha=s.alpha,
+        lora_dropout=s.dropout,
+        target_modules=seed_targets(base),
+    )
     model = get_peft_model(base, peft_config)
-    args = TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=s.batch_size,
-                             learning_rate=s.learning_rate, max_steps=s.steps, report_to="none",
-                             seed=s.seed, save_strategy="no")
-    return Trainer(model=model, args=args, train_dataset=data["train"],
-                   eval_dataset=data["test"],
-                   data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                   callbacks=callbacks or [])
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        max_steps=s.steps,
+        report_to="none",
+        seed=s.seed,
+        save_strategy="no",
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=callbacks or [],
+    )

@@ -14,6 +14,7 @@ follow ChatGLM2's modeling code:
   rope_ratio r either divides the positions (ChatGLM2-32k) or multiplies the base (ChatGLM3-32k);
 * dense_h_to_4h output is chunked in two: silu(first) * second.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -43,7 +44,7 @@ def rotary_angles(positions: Tensor, rot_dim: int, rope_ratio: float, mode: Rope
 def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
     """x: [batch, seq, heads, head_dim]; rotate pairs (0,1), (2,3), ... of the first 2 * n_pairs dims."""
     n_pairs = angles.shape[-1]
-    rot, rest = x[..., : 2 * n_pairs], x[..., 2 * n_pairs:]
+    rot, rest = x[..., : 2 * n_pairs], x[..., 2 * n_pairs :]
     even, odd = rot[..., 0::2], rot[..., 1::2]
     cos = angles.cos()[:, :, None, :]
     sin = angles.sin()[:, :, None, :]

@@ -4,14 +4,17 @@ After training on the 20 demo samples, greedy answers to training prompts stop w
 before max_new_tokens and reproduce the trained answers for most of them. The base model, asked
 the same, runs on to max_new_tokens on most prompts: that contrast is what the labels fix.
 """
+
 from __future__ import annotations
 
 import pytest
 
 from lora_finetune.config import build_config
-from lora_finetune.data import dummy_rows, records_from_rows
-from lora_finetune.inference import generate, load_for_inference
-from lora_finetune.train import split_records, train
+from lora_finetune.data.demo import dummy_rows
+from lora_finetune.data.formats import records_from_rows
+from lora_finetune.training.dataset import split_records
+from lora_finetune.training.run import train
+from lora_finetune.use.inference import generate, load_for_inference
 
 pytestmark = pytest.mark.e2e
 
@@ -19,15 +22,25 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "demo"
-    cfg = build_config(dict(model_name="smollm2-135m-instruct", output_dir=str(out), steps=60,
-                            learning_rate=1e-3, eval_steps=30, save_steps=30, logging_steps=10))
+    cfg = build_config(
+        dict(
+            model_name="smollm2-135m-instruct",
+            output_dir=str(out),
+            steps=60,
+            learning_rate=1e-3,
+            eval_steps=30,
+            save_steps=30,
+            logging_steps=10,
+        )
+    )
     return train(cfg)
 
 
 def test_trained_model_stops_and_answers(demo_run):
     train_rows, _ = split_records(dummy_rows(), 0.1, 42)
-    prompts = records_from_rows([{"instruction": r["instruction"], "input": r["input"]}
-                                 for r in train_rows], require_answer=False)
+    prompts = records_from_rows(
+        [{"instruction": r["instruction"], "input": r["input"]} for r in train_rows], require_answer=False
+    )
     model = load_for_inference(demo_run.output_dir)
     outs = generate(model, prompts, max_new_tokens=40, batch_size=9)
     stopped = sum(o["stopped"] and o["tokens"] < 40 for o in outs)

@@ -22,6 +22,7 @@ What differs from the seed document, and why (see README "Differences from the s
 - 4-bit loading goes through BitsAndBytesConfig (`--quantization 4bit`), and falls back to full
   precision with a warning where there is no CUDA GPU or bitsandbytes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,14 +44,14 @@ DEMO_QUESTIONS = [("中国的首都是哪里？", ""), ("判断这句话的情�
 
 
 def ask(adapter_dir: Path, base_only: bool) -> list[str]:
-    from lora_finetune.inference import answer, load_for_inference
+    from lora_finetune.use import answer, load_for_inference
 
     model = load_for_inference(adapter_dir, base_only=base_only)
     return [answer(model, q, x, max_new_tokens=48) for q, x in DEMO_QUESTIONS]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lora_finetune.train import train
+    from lora_finetune.training import train
 
     logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
 
     result = train(config)  # data -> tokenize -> model (+4-bit) -> LoRA -> Trainer -> save
     m = result.metrics
-    print(f"\n训练完成 / trained {m['steps']} steps in {m['train_runtime_s']:.0f}s: "
-          f"train loss {m['final_train_loss']:.4f}, {m['trainable_params']:,} trainable params")
+    print(
+        f"\n训练完成 / trained {m['steps']} steps in {m['train_runtime_s']:.0f}s: "
+        f"train loss {m['final_train_loss']:.4f}, {m['trainable_params']:,} trainable params"
+    )
 
     before = ask(result.output_dir, base_only=True)
     after = ask(result.output_dir, base_only=False)
@@ -74,8 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  微调前 before: {b}")
         print(f"  微调后 after:  {a}")
     print(f"\n输出目录 / outputs: {result.output_dir.resolve()}")
-    for name in ("adapter_model.safetensors", "adapter_config.json", "run_config.yaml",
-                 "metrics.json", "loss_curve.png"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "run_config.yaml",
+        "metrics.json",
+        "loss_curve.png",
+    ):
         print(f"  {name}")
     print(f"对话 / chat: lora-finetune chat --adapter {result.output_dir}")
 

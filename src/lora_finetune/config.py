@@ -6,33 +6,48 @@ how to fix it. Where transformers' `TrainingArguments` has a name for a setting 
 name, so habits carry over. The resolved config is saved beside every adapter as
 `run_config.yaml`, so later commands need only the adapter folder.
 
-The first eight fields and their defaults are the seed script's; the rest is what a real run
+The first eight fields and their defaults are the teaching script's; the rest is what a real run
 needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .choices import (
+    DataFormat,
+    DType,
+    LigerMode,
+    LoraBackend,
+    Quantization,
+    Resume,
+    TemplateName,
+    canonical_template,
+    parse_bool,
+)
 from .errors import ConfigError
 
-Quantization = Literal["none", "4bit", "8bit"]
-DType = Literal["auto", "fp32", "bf16", "fp16"]
-TemplateName = Literal["auto", "chat", "seed", "chatglm3", "chatglm2", "chatglm"]
-DataFormat = Literal["auto", "alpaca", "messages", "sharegpt"]
-LoraBackend = Literal["peft", "reference"]
-Resume = Literal["no", "auto"]
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached when `cache_dir` is not set: $LORA_FINETUNE_CACHE, else
+    $XDG_CACHE_HOME/lora-finetune, else ~/.cache/lora-finetune."""
+    env = os.environ.get("LORA_FINETUNE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lora-finetune"
 
 
 @dataclass
 class LoRAFinetuneConfig:
-    # --- the seed script's fields (same names, same defaults) ---
+    # --- the teaching script's fields (same names, same defaults) ---
     model_name: str = "Qwen/Qwen3-0.6B"
     """Base model: a hub id, a local folder, or `smollm2-135m-instruct` (bundled, offline)."""
     output_dir: Path = Path("./outputs/chatglm_lora")
@@ -56,7 +71,8 @@ class LoRAFinetuneConfig:
     data_format: DataFormat = "auto"
     """`alpaca` (instruction/input/output), `messages` (role/content), `sharegpt` (from/value), or `auto`."""
     template: TemplateName = "auto"
-    """Prompt format: `chat` (the tokenizer's chat template), `seed` (问/补充信息/答), ChatGLM ones, or `auto`."""
+    """Prompt format: `chat` (the tokenizer's chat template), `qa` (问/补充信息/答 plain text; `seed` is
+    accepted as its old name), ChatGLM ones, or `auto`."""
     system_prompt: str | None = None
     """System prompt for samples that have none (None: the template's own default, if any)."""
     max_length: int = 768
@@ -105,7 +121,7 @@ class LoRAFinetuneConfig:
     """Put several samples in one row (positions restart per sample, no cross-attention)."""
     group_by_length: bool = True
     """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
-    use_liger: Literal["auto", "true", "false"] = "auto"
+    use_liger: LigerMode = "auto"
     """liger-kernel fused ops (no full logits): `auto` (CUDA + installed + supported arch), `true`, `false`."""
     label_logits_only: bool = True
     """Build output-layer logits only where the next token is learned (same loss, less work)."""
@@ -132,13 +148,23 @@ class LoRAFinetuneConfig:
             bad("dropout", "must be in [0, 1); use 0.05 or 0.1")
         if self.learning_rate <= 0:
             bad("learning_rate", "must be positive; LoRA usually uses 1e-4 to 5e-4")
-        for name in ("batch_size", "steps", "max_length", "gradient_accumulation_steps",
-                     "logging_steps", "eval_steps", "save_steps"):
+        for name in (
+            "batch_size",
+            "steps",
+            "max_length",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+        ):
             if getattr(self, name) <= 0:
                 bad(name, "must be a positive integer")
         if not 0.0 <= self.eval_fraction < 1.0:
-            bad("eval_fraction", "must be in [0, 1): it is the share held out for evaluation, "
-                "and 1 or more leaves no training data; use 0.1, or 0 to skip evaluation")
+            bad(
+                "eval_fraction",
+                "must be in [0, 1): it is the share held out for evaluation, "
+                "and 1 or more leaves no training data; use 0.1, or 0 to skip evaluation",
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             bad("warmup_ratio", "must be in [0, 1); use 0.03 or 0")
         if self.max_grad_norm < 0:
@@ -146,18 +172,25 @@ class LoRAFinetuneConfig:
         schedulers = _scheduler_names()
         if schedulers and self.lr_scheduler_type not in schedulers:
             close = difflib.get_close_matches(self.lr_scheduler_type, schedulers, n=1)
-            bad("lr_scheduler_type", (f"did you mean `{close[0]}`? " if close else "")
-                + f"use one of {', '.join(schedulers)}")
+            bad(
+                "lr_scheduler_type",
+                (f"did you mean `{close[0]}`? " if close else "") + f"use one of {', '.join(schedulers)}",
+            )
         if self.save_total_limit < 2:
-            bad("save_total_limit", "keep at least 2, so that a complete checkpoint always "
-                "exists while the next one is being written")
+            bad(
+                "save_total_limit",
+                "keep at least 2, so that a complete checkpoint always exists while the next one is being written",
+            )
         if isinstance(self.target_modules, list) and not self.target_modules:
             bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
         if not str(self.model_name).strip():
             bad("model_name", "is empty; give a hub id, a folder, or smollm2-135m-instruct")
         if self.lora_backend == "reference" and self.quantization != "none":
-            bad("lora_backend", "the reference LoRALinear wraps plain nn.Linear layers only; "
-                "use lora_backend: peft with quantization, or quantization: none")
+            bad(
+                "lora_backend",
+                "the reference LoRALinear wraps plain nn.Linear layers only; "
+                "use lora_backend: peft with quantization, or quantization: none",
+            )
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,14 +199,6 @@ class LoRAFinetuneConfig:
             if isinstance(v, Path):
                 out[k] = str(v)
         return out
-
-    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
-        """Write the resolved config (plus what the run decided, under `resolved`) as YAML."""
-        data = self.to_dict()
-        if extra:
-            data["resolved"] = extra
-        Path(path).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
-                              encoding="utf-8")
 
 
 def _scheduler_names() -> list[str]:
@@ -187,12 +212,24 @@ def _scheduler_names() -> list[str]:
 FIELD_NAMES = [f.name for f in fields(LoRAFinetuneConfig)]
 # Names users bring from transformers/peft/other tools, mapped to ours.
 ALIASES = {
-    "lora_r": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "per_device_train_batch_size": "batch_size", "max_steps": "steps",
-    "model_name_or_path": "model_name", "model": "model_name", "data": "data_path",
-    "dataset": "data_path", "train_file": "data_path", "lr": "learning_rate",
-    "max_seq_length": "max_length", "cutoff_len": "max_length", "max_source_length": "max_length",
-    "val_set_size": "eval_fraction", "test_size": "eval_fraction", "lora_target": "target_modules",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "per_device_train_batch_size": "batch_size",
+    "max_steps": "steps",
+    "model_name_or_path": "model_name",
+    "model": "model_name",
+    "data": "data_path",
+    "dataset": "data_path",
+    "train_file": "data_path",
+    "lr": "learning_rate",
+    "max_seq_length": "max_length",
+    "cutoff_len": "max_length",
+    "max_source_length": "max_length",
+    "val_set_size": "eval_fraction",
+    "test_size": "eval_fraction",
+    "lora_target": "target_modules",
 }
 
 
@@ -209,8 +246,11 @@ def _parse_field_docs() -> dict[str, str]:
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
-                and isinstance(getattr(nxt, "value", None), ast.Constant):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+        ):
             docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
     return docs
 
@@ -244,6 +284,8 @@ def _coerce(name: str, value: Any) -> Any:
         choices = get_args(hint)
         # YAML reads `use_liger: true` as a bool; the choice is spelled "true".
         sval = str(value).lower() if isinstance(value, bool) else str(value)
+        if name == "template":
+            sval = canonical_template(sval)
         if sval not in choices:
             raise ValueError(f"must be one of {', '.join(map(str, choices))}")
         return sval
@@ -265,13 +307,12 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError("must be a path")
         return Path(value)
     if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ValueError("must be true or false")
+        if not isinstance(value, (bool, str)):
+            raise ValueError("must be true or false")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise ValueError("must be true or false") from None
     if base is int:
         if isinstance(value, bool):
             raise ValueError("must be an integer")
@@ -299,37 +340,40 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dict, with errors that name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist. Check the path, or run without "
-                          "--config to use the defaults.")
+        raise ConfigError(
+            f"Config file {path} does not exist. Check the path, or run without --config to use the defaults."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {e.start}). "
-                          "Save it as UTF-8.") from None
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {e.start}). Save it as UTF-8.") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text) if text.strip() else {}
         else:
             data = yaml.safe_load(text) or {}
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
-                          "Fix the syntax (or write the config as YAML).") from None
+        raise ConfigError(
+            f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
+            "Fix the syntax (or write the config as YAML)."
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)}). "
-                          "Fix the syntax; a common cause is a tab or a missing space after ':'.") \
-            from None
+        raise ConfigError(
+            f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)}). "
+            "Fix the syntax; a common cause is a tab or a missing space after ':'."
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of key: value pairs, "
-                          f"not a {type(data).__name__}.")
+        raise ConfigError(f"{path}: the config must be a mapping of key: value pairs, not a {type(data).__name__}.")
     # A saved run_config.yaml carries what the run resolved; it is information, not a setting.
     data.pop("resolved", None)
     return data
 
 
-def build_config(values: dict[str, Any], source: str = "config",
-                 base: LoRAFinetuneConfig | None = None) -> LoRAFinetuneConfig:
+def build_config(
+    values: dict[str, Any], source: str = "config", base: LoRAFinetuneConfig | None = None
+) -> LoRAFinetuneConfig:
     """Apply `values` on top of `base` (or the defaults), reporting every problem at once."""
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
@@ -350,8 +394,7 @@ def build_config(values: dict[str, Any], source: str = "config",
     return cfg
 
 
-def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None
-                ) -> LoRAFinetuneConfig:
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> LoRAFinetuneConfig:
     """Defaults, then the file (YAML or JSON), then overrides; all problems reported together."""
     values: dict[str, Any] = {}
     source = "the command line"
@@ -369,8 +412,9 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     while i < len(argv):
         tok = argv[i]
         if not tok.startswith("--"):
-            raise ConfigError(f"Unexpected argument `{tok}`: settings are given as --key value "
-                              "(for example --steps 100).")
+            raise ConfigError(
+                f"Unexpected argument `{tok}`: settings are given as --key value (for example --steps 100)."
+            )
         key = tok[2:]
         if "=" in key:
             key, val = key.split("=", 1)
@@ -394,5 +438,13 @@ def describe_fields() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LoRAFinetuneConfig", "load_config", "build_config", "read_config_file",
-           "parse_overrides", "describe_fields", "FIELD_NAMES"]
+__all__ = [
+    "LoRAFinetuneConfig",
+    "load_config",
+    "build_config",
+    "read_config_file",
+    "parse_overrides",
+    "describe_fields",
+    "default_cache_dir",
+    "FIELD_NAMES",
+]

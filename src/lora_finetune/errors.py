@@ -4,6 +4,7 @@ Everything the package raises on bad input (config, data, model paths, targets) 
 `LoraFinetuneError`: one paragraph that names the file, the line or record, the field and the
 fix. The CLI prints its message and exits with code 2; anything else is a bug in this package.
 """
+
 from __future__ import annotations
 
 
@@ -27,3 +28,9 @@ class ModelError(LoraFinetuneError):
 
 class TrainingError(LoraFinetuneError):
     """A run that stopped for a reason the user can act on (NaN loss, out of memory, ...)."""
+
+
+def listing(names: list[str], limit: int = 12) -> str:
+    """`a, b, c and 9 more`: long name lists in messages stay one readable line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -2,18 +2,15 @@
 
 This module and the rest of the CLI package are the only places that print.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
 
-from ._args import opt as _opt
-from ._args import parse_bool as _bool
-
-
-
-
+from ..choices import MERGE_DTYPES, QUANTIZATIONS
+from .flags import opt, parse_bool_flag
 
 
 def _targets(text: str) -> Any:
@@ -23,87 +20,239 @@ def _targets(text: str) -> Any:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from ..estimate import (Setup, estimate_memory, format_estimate, load_shape, parse_size,
-                            suggest)
+    from ..tools.estimate import Setup, estimate_memory, format_estimate, load_shape, parse_size, suggest
 
     shape = load_shape(args.model, trust_remote_code=args.trust_remote_code)
-    setup = Setup(quantization=args.quantization, dtype=args.dtype, r=args.r,
-                  target_modules=args.target_modules, batch_size=args.batch_size,
-                  max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
-                  optimizer=args.optimizer, dropout=args.dropout, device=args.device,
-                  liger=args.use_liger)
+    setup = Setup(
+        quantization=args.quantization,
+        dtype=args.dtype,
+        r=args.r,
+        target_modules=args.target_modules,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        gradient_checkpointing=args.gradient_checkpointing,
+        optimizer=args.optimizer,
+        dropout=args.dropout,
+        device=args.device,
+        liger=args.use_liger,
+    )
     est = estimate_memory(shape, setup)
     budget = parse_size(args.budget) if args.budget else None
     fits = suggest(shape, setup, budget) if budget is not None else []
     if args.json:
+
         def as_dict(e):
-            return {"setup": vars(e.setup), "weights": e.weights, "lora": e.lora,
-                    "activations": e.activations, "logits": e.logits, "other": e.other,
-                    "overhead": e.overhead, "peak_allocated": e.peak_allocated,
-                    "total": e.total, "lora_params": e.lora_params, "tokens": e.tokens,
-                    "targets": e.targets, "notes": e.notes}
-        print(json.dumps({"model": {"model_type": shape.model_type,
-                                    "parameters": shape.total_params,
-                                    "layers": shape.num_layers, "vocab_size": shape.vocab_size},
-                          "estimate": as_dict(est), "budget": budget,
-                          "suggestions": [{"change": why, **as_dict(e)} for why, e in fits]},
-                         indent=2, default=str))
+            return {
+                "setup": vars(e.setup),
+                "weights": e.weights,
+                "lora": e.lora,
+                "activations": e.activations,
+                "logits": e.logits,
+                "other": e.other,
+                "overhead": e.overhead,
+                "peak_allocated": e.peak_allocated,
+                "total": e.total,
+                "lora_params": e.lora_params,
+                "tokens": e.tokens,
+                "targets": e.targets,
+                "notes": e.notes,
+            }
+
+        print(
+            json.dumps(
+                {
+                    "model": {
+                        "model_type": shape.model_type,
+                        "parameters": shape.total_params,
+                        "layers": shape.num_layers,
+                        "vocab_size": shape.vocab_size,
+                    },
+                    "estimate": as_dict(est),
+                    "budget": budget,
+                    "suggestions": [{"change": why, **as_dict(e)} for why, e in fits],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
-    print(f"{args.model}: {shape.model_type}, {shape.total_params / 1e9:.2f}B parameters, "
-          f"{shape.num_layers} layers, hidden {shape.hidden_size}, vocab {shape.vocab_size:,}")
+    print(
+        f"{args.model}: {shape.model_type}, {shape.total_params / 1e9:.2f}B parameters, "
+        f"{shape.num_layers} layers, hidden {shape.hidden_size}, vocab {shape.vocab_size:,}"
+    )
     print(f"LoRA r={setup.r} on {', '.join(est.targets)} ({est.lora_params:,} parameters)")
     print(f"\nPeak memory of a training step ({setup.describe()}):")
     print(format_estimate(est))
     for note in est.notes:
         print(f"  note: {note}")
     if budget is not None:
-        gib = budget / 1024 ** 3
+        gib = budget / 1024**3
         if fits and fits[0][0] == "as asked":
             print(f"\nFits the {gib:.0f} GiB budget as asked.")
         elif fits:
             print(f"\nDoes not fit {gib:.0f} GiB; settings that do (smallest change first):")
             for why, e in fits:
-                print(f"  - {why}: {e.total / 1024 ** 3:.2f} GiB")
+                print(f"  - {why}: {e.total / 1024**3:.2f} GiB")
         else:
-            print(f"\nNothing we tried fits {gib:.0f} GiB (down to batch 1, max_length 256, "
-                  "4-bit, gradient checkpointing). Use a smaller model or a larger GPU.")
+            print(
+                f"\nNothing we tried fits {gib:.0f} GiB (down to batch 1, max_length 256, "
+                "4-bit, gradient checkpointing). Use a smaller model or a larger GPU."
+            )
     print("\nEstimates are calibrated on CPU (bench/RESULTS.md); expect +-20%.")
+    return 0
+
+
+# --------------------------------------------------------------------------- modules
+def _targets_arg(values: list[str] | None) -> list[str] | str:
+    if not values:
+        return "auto"
+    items = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    if len(items) == 1 and items[0] in ("auto", "all-linear"):
+        return items[0]
+    return items
+
+
+def format_modules(rep: Any) -> str:
+    def shapes(g: Any) -> str:
+        s = ", ".join(f"{o}x{i}" for o, i in g.shapes[:3])
+        return s + (f" (+{len(g.shapes) - 3})" if len(g.shapes) > 3 else "")
+
+    head = (
+        f"{'layer':<20}{'count':>6}  {'shape(s) out x in':<22}{'parameters':>14}  "
+        f"{'auto':<5}{'LoRA r=' + str(rep.r):>14}"
+    )
+    title = f"{rep.model} (model_type {rep.model_type}): {rep.total_params:,} parameters; linear layers by name:"
+    lines = [title, head, "-" * len(head)]
+    for g in rep.groups:
+        if g.targeted:
+            lora = f"{g.lora_params:,}"
+        elif g.output_head:
+            lora = "head, tied" if g.tied else "head"
+        else:
+            lora = "-"
+        if g.targeted and g.targeted < g.count:
+            lora += f" ({g.targeted}/{g.count})"
+        lines.append(
+            f"{g.suffix:<20}{g.count:>6}  {shapes(g):<22}{g.params:>14,}  {'*' if g.auto else '':<5}{lora:>14}"
+        )
+    share = 100 * rep.lora_params / max(rep.total_params, 1)
+    lines.append("")
+    lines.append(f"* = chosen by target_modules: auto ({', '.join(rep.auto_targets)})")
+    spec = rep.target_spec if isinstance(rep.target_spec, str) else ",".join(rep.target_spec)
+    lines.append(f"target_modules {spec} -> {', '.join(rep.targets)}")
+    lines.append(
+        f"LoRA at r={rep.r} adds {rep.lora_params:,} trainable parameters "
+        f"({share:.3f}% of the model's {rep.total_params:,}); each layer adds "
+        "r x (in + out)"
+    )
+    return "\n".join(lines)
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    from ..tools.modules import list_modules
+
+    rep = list_modules(
+        args.model, r=args.r, target_modules=_targets_arg(args.target_modules), trust_remote_code=args.trust_remote_code
+    )
+    print(format_modules(rep))
     return 0
 
 
 def register(sub: Any) -> None:
     e = sub.add_parser(
-        "estimate", help="predict peak GPU memory of a training run (from config.json alone)",
+        "estimate",
+        help="predict peak GPU memory of a training run (from config.json alone)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Predict the peak memory of one LoRA/QLoRA training step from a model's "
-                    "config.json (no weights are read): weights, LoRA parameters with gradients "
-                    "and optimizer state, activations and logits. With --budget, suggest "
-                    "settings that fit.",
+        "config.json (no weights are read): weights, LoRA parameters with gradients "
+        "and optimizer state, activations and logits. With --budget, suggest "
+        "settings that fit.",
         epilog="examples:\n"
-               "  lora-finetune estimate --model Qwen/Qwen3-0.6B --batch_size 8 --max_length 512\n"
-               "  lora-finetune estimate --model path/to/config.json --quantization 4bit "
-               "--budget 24GB")
-    _opt(e, "model", required=True, metavar="NAME|FOLDER|CONFIG.JSON",
-         help="hub id (cached), model folder, config.json, or smollm2-135m-instruct")
-    _opt(e, "quantization", default="none", choices=["none", "4bit", "8bit"])
-    _opt(e, "dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
-         help="compute dtype (default bf16)")
-    _opt(e, "r", type=int, default=8, help="LoRA rank (default 8)")
-    _opt(e, "target_modules", type=_targets, default="auto",
-         help="auto (default), all-linear, or comma-separated layer names")
-    _opt(e, "batch_size", type=int, default=2, help="samples per step (default 2)")
-    _opt(e, "max_length", type=int, default=768,
-         help="longest sample in tokens; the estimate pads every sample to it (default 768)")
-    _opt(e, "gradient_checkpointing", type=_bool, nargs="?", const=True, default=False,
-         metavar="BOOL")
-    _opt(e, "optimizer", default="adamw", choices=["adamw", "adamw_8bit", "sgd"],
-         help="adamw: two fp32 moments per LoRA parameter (default)")
-    _opt(e, "dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    _opt(e, "use_liger", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
-         help="liger-kernel fused linear+cross-entropy (no full logits)")
-    _opt(e, "device", default="cuda", choices=["cuda", "cpu"],
-         help="cuda (default) or cpu (RSS, fp32)")
-    _opt(e, "budget", metavar="SIZE", help="memory available, e.g. 24GB (GB = GiB here)")
-    _opt(e, "trust_remote_code", action="store_true")
-    _opt(e, "json", action="store_true", help="machine-readable output")
+        "  lora-finetune estimate --model Qwen/Qwen3-0.6B --batch_size 8 --max_length 512\n"
+        "  lora-finetune estimate --model path/to/config.json --quantization 4bit "
+        "--budget 24GB",
+    )
+    opt(
+        e,
+        "model",
+        required=True,
+        metavar="NAME|FOLDER|CONFIG.JSON",
+        help="hub id (cached), model folder, config.json, or smollm2-135m-instruct",
+    )
+    opt(e, "quantization", default="none", choices=QUANTIZATIONS)
+    opt(e, "dtype", default="bf16", choices=MERGE_DTYPES, help="compute dtype (default bf16)")
+    opt(e, "r", type=int, default=8, help="LoRA rank (default 8)")
+    opt(
+        e,
+        "target_modules",
+        type=_targets,
+        default="auto",
+        help="auto (default), all-linear, or comma-separated layer names",
+    )
+    opt(e, "batch_size", type=int, default=2, help="samples per step (default 2)")
+    opt(
+        e,
+        "max_length",
+        type=int,
+        default=768,
+        help="longest sample in tokens; the estimate pads every sample to it (default 768)",
+    )
+    opt(e, "gradient_checkpointing", type=parse_bool_flag, nargs="?", const=True, default=False, metavar="BOOL")
+    opt(
+        e,
+        "optimizer",
+        default="adamw",
+        choices=["adamw", "adamw_8bit", "sgd"],
+        help="adamw: two fp32 moments per LoRA parameter (default)",
+    )
+    opt(e, "dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    opt(
+        e,
+        "use_liger",
+        type=parse_bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="liger-kernel fused linear+cross-entropy (no full logits)",
+    )
+    opt(e, "device", default="cuda", choices=["cuda", "cpu"], help="cuda (default) or cpu (RSS, fp32)")
+    opt(e, "budget", metavar="SIZE", help="memory available, e.g. 24GB (GB = GiB here)")
+    opt(e, "trust_remote_code", action="store_true")
+    opt(e, "json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_estimate)
+
+    d = sub.add_parser(
+        "modules",
+        help="a model's linear layers and what LoRA on them costs",
+        description="Linear layers grouped by name (as target_modules names "
+        "them) with counts, shapes and parameters; `*` marks what "
+        "target_modules: auto picks. No weights are loaded.",
+    )
+    d.add_argument(
+        "--model",
+        "--model_name",
+        "--model-name",
+        dest="model",
+        required=True,
+        help="smollm2-135m-instruct, a model folder, or a hub id",
+    )
+    d.add_argument("--r", "--rank", dest="r", type=int, default=8, help="LoRA rank (default 8)")
+    opt(
+        d,
+        "target_modules",
+        nargs="+",
+        metavar="NAME",
+        help="auto (default), all-linear, or names (space- or comma-separated)",
+    )
+    opt(
+        d,
+        "trust_remote_code",
+        type=parse_bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="true|false",
+        help="allow the model folder's own Python code (only for models you trust)",
+    )
+    d.set_defaults(func=cmd_modules)

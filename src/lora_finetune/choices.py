@@ -1,0 +1,79 @@
+"""Every closed set of choices a user can name, defined once.
+
+The config (`config.py`), the CLI flags (`cli/`) and `--help` all read these, so a new template,
+dtype or data format is added here and nowhere else. Each set is a `Literal` type (what the
+config's fields are annotated with) plus the tuple of its values (what argparse's `choices=`
+and error messages use).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Quantization = Literal["none", "4bit", "8bit"]
+"""Base-weight storage: full precision, NF4 (QLoRA) or int8 through bitsandbytes."""
+DType = Literal["auto", "fp32", "bf16", "fp16"]
+"""Compute dtype; `auto` picks bf16 / fp16 on a GPU and fp32 on a CPU."""
+TemplateName = Literal["auto", "chat", "qa", "chatglm3", "chatglm2", "chatglm"]
+"""Prompt formats (see templates/): `qa` is the plain 问/补充信息/答 text format."""
+DataFormat = Literal["auto", "alpaca", "messages", "sharegpt"]
+LoraBackend = Literal["peft", "reference"]
+Resume = Literal["no", "auto"]
+LigerMode = Literal["auto", "true", "false"]
+
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+DTYPES: tuple[str, ...] = get_args(DType)
+TEMPLATES: tuple[str, ...] = get_args(TemplateName)
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+LORA_BACKENDS: tuple[str, ...] = get_args(LoraBackend)
+LIGER_MODES: tuple[str, ...] = get_args(LigerMode)
+
+MERGE_DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
+"""Weight dtypes a merged model can be written in (no `auto`: the file needs one)."""
+
+TEMPLATE_ALIASES: dict[str, str] = {"seed": "qa"}
+"""Old names still accepted. `seed` was the first name of the 问/答 format (it came from the
+teaching script this project grew out of); configs and run records that say `seed` keep
+working and are read as `qa`."""
+
+
+def canonical_template(name: str) -> str:
+    """`name` with old aliases replaced by the current name (`seed` -> `qa`)."""
+    return TEMPLATE_ALIASES.get(name, name)
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def parse_bool(value: object) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case) or a real bool; ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+__all__ = [
+    "DATA_FORMATS",
+    "DTYPES",
+    "LIGER_MODES",
+    "LORA_BACKENDS",
+    "MERGE_DTYPES",
+    "QUANTIZATIONS",
+    "TEMPLATES",
+    "TEMPLATE_ALIASES",
+    "DataFormat",
+    "DType",
+    "LigerMode",
+    "LoraBackend",
+    "Quantization",
+    "Resume",
+    "TemplateName",
+    "canonical_template",
+    "parse_bool",
+]

@@ -1,0 +1,63 @@
+"""`lora-finetune train`: settings from --config FILE, overridden by --key value flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..config import load_config, parse_overrides
+    from ..training import require_checkpoint, train
+
+    overrides = parse_overrides(args.overrides)
+    if args.resume:
+        overrides["resume"] = "auto"
+    if args.overwrite:
+        overrides["overwrite"] = "true"
+    cfg = load_config(args.config, overrides)
+    if args.resume:
+        require_checkpoint(cfg)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun/accelerate only rank 0 reports
+    m = result.metrics
+    print(f"\nDone: {m['steps']} steps in {m['train_runtime_s']:.1f}s, {m['real_tokens_per_second']} real tokens/s")
+    print(
+        f"  train loss {m['final_train_loss']:.4f}"
+        + (
+            f", eval loss {m['eval_loss']:.4f} (perplexity {m['eval_perplexity']:.2f})"
+            if m.get("eval_loss") is not None
+            else ""
+        )
+    )
+    print(f"  trainable parameters: {m['trainable_params']:,} of {m['total_params']:,}")
+    print(
+        f"  outputs in {result.output_dir}/: adapter_model.safetensors, adapter_config.json, "
+        "tokenizer, run_config.yaml, metrics.json, loss_curve.png"
+    )
+    print(f"  try it: lora-finetune chat --adapter {result.output_dir}")
+    return 0
+
+
+def _settings_help() -> str:
+    from ..config import describe_fields
+
+    return "Settings (from --config FILE, overridden by --key value):\n" + describe_fields()
+
+
+def register(sub: Any) -> None:
+    t = sub.add_parser(
+        "train",
+        allow_abbrev=False,
+        epilog=_settings_help(),
+        help="fine-tune a model with LoRA (settings: --config FILE and/or --key value)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--config", type=Path, help="YAML or JSON config file")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    # Every other --key value is a config setting, checked (all at once) by config.py.
+    t.set_defaults(func=cmd_train, takes_overrides=True)

@@ -1,0 +1,201 @@
+"""Instruction data in one record shape.
+
+Every reader (JSON, JSONL, CSV, Parquet) and every format (alpaca, messages, ShareGPT) ends in
+the same normalised record, so templates only ever see one thing:
+
+    {"system": str | None,
+     "messages": [{"role": "user" | "assistant", "content": str, "input": str}, ...],
+     "source": "data.jsonl:12"}
+
+`input` is alpaca's extra context on the first user turn ("" elsewhere); the qa template puts
+it on its own 补充信息 line (`qa` template), chat templates append it to the user's text. `source` is where
+the record came from, so later errors can point at the file and line.
+
+Bad input raises `DataError` naming file, line or record, field and fix; nothing else escapes
+(the fuzz tests in tests/data/ hold us to that).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .readers import read_rows
+
+Record = dict[str, Any]
+
+ALPACA_FIELDS = ("instruction", "input", "output", "system", "history")
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
+MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+def detect_format(row: Any, where: str, path: Path | str) -> str:
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{path}, {where}: expected an object with fields, found "
+            f"{type(row).__name__} {str(row)[:60]!r}. Each record must be a JSON "
+            'object such as {"instruction": ..., "output": ...}.'
+        )
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    keys = list(row)
+    guesses = []
+    for key in keys:
+        close = difflib.get_close_matches(
+            key, ["instruction", "output", "messages", "conversations", "input"], n=1, cutoff=0.6
+        )
+        if close:
+            guesses.append(f"`{key}` -> `{close[0]}`")
+    hint = f" Did you mean {', '.join(guesses)}?" if guesses else ""
+    raise DataError(
+        f"{path}, {where}: cannot tell the data format from the fields "
+        f"{', '.join(f'`{k}`' for k in keys) or '(none)'}. Use alpaca fields "
+        "(`instruction`, `input`, `output`), `messages` (role/content) or ShareGPT "
+        f"`conversations` (from/value).{hint}"
+    )
+
+
+def _need_str(row: dict, key: str, where: str, path: Any, *, required: bool, allow_empty: bool = True) -> str:
+    if key not in row or row[key] is None:
+        if required:
+            close = difflib.get_close_matches(key, [str(k) for k in row], n=1, cutoff=0.5)
+            hint = f" The record has `{close[0]}`: rename it to `{key}`." if close else f" Add a `{key}` field."
+            raise DataError(f"{path}, {where}, field `{key}`: missing.{hint}")
+        return ""
+    val = row[key]
+    if isinstance(val, (int, float)) and not isinstance(val, bool):
+        val = str(val)  # CSV/parquet numbers ("7") are text to us
+    if not isinstance(val, str):
+        raise DataError(
+            f"{path}, {where}, field `{key}`: expected text, found "
+            f"{type(val).__name__} {str(val)[:60]!r}. Make it a string."
+        )
+    if not allow_empty and not val.strip():
+        raise DataError(
+            f"{path}, {where}, field `{key}`: empty. A sample needs a non-empty "
+            f"`{key}`; fill it in or delete the record."
+        )
+    return val
+
+
+def _alpaca(row: dict, where: str, path: Any, require_answer: bool) -> Record:
+    instruction = _need_str(row, "instruction", where, path, required=True, allow_empty=False)
+    inp = _need_str(row, "input", where, path, required=False)
+    output = _need_str(row, "output", where, path, required=require_answer, allow_empty=not require_answer)
+    system = _need_str(row, "system", where, path, required=False) or None
+    messages: list[dict[str, str]] = []
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise DataError(
+            f"{path}, {where}, field `history`: expected a list of [question, answer] "
+            f"pairs, found {type(history).__name__}."
+        )
+    for k, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise DataError(
+                f"{path}, {where}, field `history`, item {k + 1}: expected a [question, answer] pair of strings."
+            )
+        messages += [
+            {"role": "user", "content": pair[0], "input": ""},
+            {"role": "assistant", "content": pair[1], "input": ""},
+        ]
+    messages.append({"role": "user", "content": instruction, "input": inp})
+    if output:
+        messages.append({"role": "assistant", "content": output, "input": ""})
+    return {"system": system, "messages": messages}
+
+
+def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> Record:
+    key, role_key, text_key, roles = (
+        ("messages", "role", "content", MESSAGE_ROLES)
+        if fmt == "messages"
+        else ("conversations", "from", "value", SHAREGPT_ROLES)
+    )
+    turns = row.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(
+            f"{path}, {where}, field `{key}`: expected a non-empty list of "
+            f'{{"{role_key}": ..., "{text_key}": ...}} objects.'
+        )
+    system = _need_str(row, "system", where, path, required=False) or None
+    messages: list[dict[str, str]] = []
+    for k, turn in enumerate(turns):
+        at = f"{where}, field `{key}`, turn {k + 1}"
+        if not isinstance(turn, dict):
+            raise DataError(
+                f"{path}, {at}: expected an object with `{role_key}` and `{text_key}`, found {type(turn).__name__}."
+            )
+        raw_role = _need_str(turn, role_key, at, path, required=True, allow_empty=False)
+        role = roles.get(raw_role.strip().lower())
+        if role is None:
+            raise DataError(
+                f"{path}, {at}: unknown {role_key} `{raw_role}`. Use one of {', '.join(sorted(set(roles)))}."
+            )
+        content = _need_str(turn, text_key, at, path, required=True, allow_empty=role == "system")
+        if role == "system":
+            if messages:
+                raise DataError(f"{path}, {at}: a system message may only come first.")
+            system = content
+            continue
+        expected = "user" if not messages or messages[-1]["role"] == "assistant" else "assistant"
+        if role != expected:
+            raise DataError(
+                f"{path}, {at}: expected a `{expected}` turn here but found "
+                f"`{role}`. Turns must alternate user, assistant, user, ..."
+            )
+        messages.append({"role": role, "content": content, "input": ""})
+    if not messages:
+        raise DataError(f"{path}, {where}, field `{key}`: has no user turn.")
+    if require_answer and messages[-1]["role"] != "assistant":
+        raise DataError(
+            f"{path}, {where}, field `{key}`: the conversation has no assistant turn "
+            "after the last user turn, so there is nothing to learn. Add the "
+            "assistant's answer or delete the record."
+        )
+    return {"system": system, "messages": messages}
+
+
+def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto", require_answer: bool = True) -> Record:
+    """One raw row -> the normalised record (see the module docstring)."""
+    detected = detect_format(row, where, path)
+    if fmt not in ("auto", detected):
+        raise DataError(
+            f"{path}, {where}: data_format is `{fmt}` but the record looks like "
+            f"`{detected}` (fields {', '.join(map(str, row))}). Set data_format: "
+            f"{detected} or auto."
+        )
+    if detected == "alpaca":
+        rec = _alpaca(row, where, path, require_answer)
+    else:
+        rec = _turns(row, where, path, detected, require_answer)
+    rec["source"] = f"{Path(str(path)).name}:{where}"
+    return rec
+
+
+def load_records(path: Path | str, fmt: str = "auto", require_answer: bool = True) -> list[Record]:
+    """Read a data file into normalised records; raises DataError on the first bad record."""
+    rows = read_rows(path, require_answer)
+    if not rows:
+        raise DataError(f"{path}: the file holds no records. Add samples, one per line (JSONL) or as a JSON list.")
+    return [normalize_row(row, where, path, fmt, require_answer) for where, row in rows]
+
+
+def records_from_rows(
+    rows: list[dict], fmt: str = "auto", source: str = "<memory>", require_answer: bool = True
+) -> list[Record]:
+    return [normalize_row(r, f"record {i + 1}", source, fmt, require_answer) for i, r in enumerate(rows)]

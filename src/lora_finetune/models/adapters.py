@@ -1,0 +1,66 @@
+"""Putting LoRA on a model: for training (peft, or the lesson's reference layer) and for use
+(an adapter folder loaded with peft).
+
+Both backends save peft's adapter format, so peft loads whatever trained the adapter.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..errors import ModelError
+from .targets import matches_any
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from ..config import LoRAFinetuneConfig
+
+
+def attach_lora(model: PreTrainedModel, cfg: LoRAFinetuneConfig, targets: list[str]) -> PeftModel:
+    """Wrap the target layers with LoRA; only the LoRA weights stay trainable.
+
+    Returns peft's PeftModel, or (`lora_backend: reference`) the model itself with the
+    reference LoRALinear layers injected."""
+    if cfg.lora_backend == "reference":
+        from .lora import inject_lora
+
+        inject_lora(model, targets, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout)
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_cfg = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def check_reference_targets(model: nn.Module, targets: list[str]) -> None:
+    """The reference LoRALinear wraps nn.Linear only: say so before any data is read."""
+    other = sorted(
+        {type(m).__name__ for n, m in model.named_modules() if matches_any(n, targets) and not isinstance(m, nn.Linear)}
+    )
+    if other:
+        raise ModelError(
+            f"lora_backend: reference wraps nn.Linear layers only, and the targets "
+            f"{targets} include {', '.join(other)} layers (GPT-2 uses Conv1D). Use "
+            "lora_backend: peft for this model."
+        )
+
+
+def attach_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """peft's PeftModel around `model` with the adapter's weights (inference mode)."""
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+__all__ = ["attach_adapter", "attach_lora", "check_reference_targets"]

@@ -1,0 +1,120 @@
+"""`chat`: the tokenizer's own chat template (Qwen's or SmolLM2's ChatML, Llama 3, ChatGLM3 after
+conversion, ...), rendered once with the answers marked, then cut at the marks into prompt and
+answer segments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from .base import Segment, user_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class ChatTemplate:
+    """The tokenizer's own chat template, split into prompt and answer segments."""
+
+    tokenizer: PreTrainedTokenizerBase
+    default_system: str | None = None
+    name: str = "chat"
+    end_of_turn: tuple[str, ...] = ()
+    """The model family's end-of-turn tokens (models/families.py); those the tokenizer has as
+    special tokens are stop tokens besides EOS."""
+    renders_special_tokens: bool = True
+
+    @property
+    def stop_tokens(self) -> tuple[str, ...]:
+        tok = self.tokenizer
+        specials = set(tok.all_special_tokens or []) | set(tok.get_added_vocab() or {})
+        found = [t for t in self.end_of_turn if t in specials and t != tok.unk_token]
+        eos = [tok.eos_token] if tok.eos_token else []
+        return tuple(dict.fromkeys(eos + found))
+
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            # Qwen3's template adds an empty <think></think> block to the generation prompt only
+            # with enable_thinking=False; with it the rendered prefixes line up. Ignored elsewhere.
+            enable_thinking=False,
+        )
+
+    def _chat(self, record: dict[str, Any]) -> list[dict[str, str]]:
+        chat = []
+        system = record.get("system") or self.default_system
+        if system:
+            chat.append({"role": "system", "content": system})
+        for m in record["messages"]:
+            chat.append({"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]})
+        return chat
+
+    def segments(self, record: dict[str, Any], add_generation_prompt: bool = False) -> list[Segment]:
+        # Render the whole conversation once, with each assistant answer replaced by a marker,
+        # then cut the text at the markers. Rendering growing prefixes instead goes wrong for
+        # templates that render history differently from the last turn (Qwen3 drops the
+        # <think></think> block from earlier answers, so prefixes do not line up).
+        chat = self._chat(record)
+        answers: dict[str, str] = {}
+        gen_prompts: dict[str, str] = {}
+        masked: list[dict[str, str]] = []
+        for i, msg in enumerate(chat):
+            if msg["role"] == "assistant":
+                mark = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
+                answers[mark] = msg["content"]
+                gen_prompts[mark] = self._generation_prompt(masked)
+                msg = {**msg, "content": mark}
+            masked.append(msg)
+        text = self._render(masked, add_generation_prompt)
+        pieces = _MARK_RE.split(text)
+        if len(pieces) != 2 * len(answers) + 1 or any(pieces[k] not in answers for k in range(1, len(pieces), 2)):
+            raise ConfigError(
+                "this tokenizer's chat template does not write every assistant "
+                "answer once, as given, so answers cannot be located for the "
+                "labels. Use template: qa, or fix the chat template."
+            )
+        out: list[Segment] = []
+        prompt = pieces[0]
+        for k in range(1, len(pieces), 2):
+            mark = pieces[k]
+            # What the template writes between its generation prompt and the answer (ChatGLM3's
+            # "\n " after <|assistant|>) is generated at inference, so it is learned too.
+            gen = gen_prompts[mark]
+            cut = prompt.rindex(gen) + len(gen) if gen and gen in prompt else len(prompt)
+            if prompt[:cut]:
+                out.append((prompt[:cut], False))
+            learned_end, rest = self._split_turn_end(pieces[k + 1])
+            out.append((prompt[cut:] + answers[mark] + learned_end, True))
+            prompt = rest
+        if prompt:
+            out.append((prompt, False))
+        return out
+
+    def _generation_prompt(self, history: list[dict[str, str]]) -> str:
+        """The text the template adds to `history` to ask for the next answer."""
+        asked = self._render(history, add_generation_prompt=True)
+        plain = self._render(history, add_generation_prompt=False)
+        return asked[len(plain) :] if asked.startswith(plain) else ""
+
+    def _split_turn_end(self, after: str) -> tuple[str, str]:
+        """What follows an answer: its end-of-turn token is learned, the rest is prompt.
+
+        With an EOS in the text (ChatML's <|im_end|>) everything up to and including the first
+        one is learned; without one (templates whose turns end with the next role marker, or a
+        base model whose EOS differs from the template's end-of-turn) EOS is appended so the
+        model still learns to stop."""
+        eos = self.tokenizer.eos_token
+        if eos and eos in after:
+            cut = after.index(eos) + len(eos)
+            return after[:cut], after[cut:]
+        return eos or "", after
+
+
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
+_MARK_RE = re.compile(f"({_MARK_OPEN}\\d+{_MARK_CLOSE})")

@@ -1,0 +1,113 @@
+"""Trainer callbacks that keep a run safe: health checks, clean interrupts, complete checkpoints.
+
+- `HealthCallback`: stops at the first non-finite loss or LoRA weight, before a bad state can be
+  checkpointed, so the last checkpoint on disk is a good one.
+- `InterruptCallback`: Ctrl-C (SIGINT) or SIGTERM (pre-emption) asks the Trainer to save a
+  checkpoint at the end of the current step and stop, instead of dying mid-write.
+- `CheckpointMarker`: writes `checkpoint-N/COMPLETE` after the Trainer has finished writing a
+  checkpoint; resuming only trusts marked checkpoints, so a run killed mid-save (SIGKILL, a full
+  disk) resumes from the previous, complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+
+
+class HealthCallback(TrainerCallback):
+    def __init__(self) -> None:
+        self.problem: str | None = None
+        self._params: list[tuple[str, torch.Tensor]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def _stop(self, control: Any, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+        control.should_save = False  # never checkpoint a broken state
+        control.should_evaluate = False
+        control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kw):
+        # LoRA weights are small (a few MB): checking them every step is cheap, and NaN/inf in
+        # the loss or gradients reaches them within the same optimizer step.
+        for name, p in self._params:
+            if not torch.isfinite(p.detach()).all():
+                self._stop(control, f"non-finite values in {name} after step {state.global_step}")
+                return
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        # Under fp16 the loss scaler overflows now and then by design (grad_norm inf, the step
+        # is skipped); the loss and the weights tell whether training really broke.
+        keys = ("loss",) if args.fp16 else ("loss", "grad_norm")
+        for key in keys:
+            v = (logs or {}).get(key)
+            if isinstance(v, (int, float)) and not math.isfinite(v):
+                self._stop(control, f"{key} is {v} at step {state.global_step}")
+
+
+class InterruptCallback(TrainerCallback):
+    """Turn SIGINT/SIGTERM into "save a checkpoint now, then stop"."""
+
+    def __init__(self, health: HealthCallback | None = None) -> None:
+        self.signal: int | None = None
+        self.health = health
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("interrupted: saving a checkpoint at the end of this step (Ctrl-C again to quit without saving)")
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def uninstall(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous.clear()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.signal is not None:
+            # never checkpoint a state the health check found broken in this same step
+            control.should_save = self.health is None or self.health.problem is None
+            control.should_training_stop = True
+
+
+class CheckpointMarker(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / COMPLETE).write_text("ok\n")
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest `checkpoint-N` in `folder` that was completely written."""
+    best: tuple[int, Path] | None = None
+    for p in Path(folder).glob("checkpoint-*"):
+        try:
+            step = int(p.name.split("-")[-1])
+        except ValueError:
+            continue
+        if (p / COMPLETE).is_file() and (best is None or step > best[0]):
+            best = (step, p)
+    return best[1] if best else None

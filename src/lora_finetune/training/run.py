@@ -1,0 +1,347 @@
+"""Training: config in, self-describing adapter folder out.
+
+    prepare_data  records -> template -> (input_ids, labels), train/eval split
+    build_model   base model (dtype, 4/8-bit) + LoRA on the checked targets
+    train         transformers.Trainer with our collator and callbacks
+    save_run      adapter + tokenizer + run_config.yaml + metrics.json + loss_curve.png
+
+The run works in a hidden sibling folder (`.NAME.partial/`, checkpoints included) and is renamed
+to `output_dir` only when complete, so `output_dir` is either a finished run or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from ..config import LoRAFinetuneConfig
+from ..errors import ConfigError, TrainingError
+from ..folders import is_complete, replace_dir, write_manifest
+from ..models import (
+    attach_lora,
+    check_reference_targets,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    meta_model,
+    read_model_config,
+    resolve_model,
+    resolve_target_modules,
+)
+from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
+from .batching import LENGTH_COLUMN, make_collator, with_lengths  # throughput: batch layout
+from .callbacks import CheckpointMarker, HealthCallback, InterruptCallback, last_complete_checkpoint
+from .dataset import PreparedData, prepare_data
+from .kernels import apply_liger  # throughput: fused kernels
+from .report import collect_metrics, plot_losses, tokens_seen_at, versions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    resolved: Resolved
+
+
+def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str, targets: list[str]) -> None:
+    """Write the adapter in peft's format, whichever backend trained it. Call on every rank."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if cfg.lora_backend == "reference":
+        if trainer.is_world_process_zero():
+            from ..models.lora import save_peft_adapter
+
+            save_peft_adapter(
+                trainer.model,
+                folder,
+                base_model_name_or_path=base_path,
+                target_modules=targets,
+                r=cfg.r,
+                alpha=cfg.alpha,
+                dropout=cfg.dropout,
+            )
+        return
+    # Every rank joins: under ZeRO-3/FSDP saving gathers sharded weights (a collective); the
+    # Trainer writes from rank 0 only.
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs
+
+
+# --------------------------------------------------------------------------- run folder
+def _work_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def require_checkpoint(cfg: LoRAFinetuneConfig) -> Path:
+    """For an explicit `--resume`: the checkpoint to continue from, or a clear error."""
+    work = _work_dir(Path(cfg.output_dir))
+    ckpt = last_complete_checkpoint(work / "checkpoints")
+    if ckpt is None:
+        done = " (it holds a finished run)" if is_complete(Path(cfg.output_dir)) else ""
+        raise ConfigError(
+            f"--resume: there is no interrupted run of output_dir "
+            f"{cfg.output_dir}{done}: no complete checkpoint in "
+            f"{work / 'checkpoints'}. Check --output_dir (and --config), or drop "
+            "--resume to start a new run."
+        )
+    return ckpt
+
+
+def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
+    """Where this run works, and the checkpoint it resumes from; refuses to clobber work."""
+    out = Path(cfg.output_dir)
+    work = _work_dir(out)
+    ckpt = last_complete_checkpoint(work / "checkpoints")
+    if cfg.resume == "auto":
+        if ckpt is not None:
+            log.info("resuming from %s", ckpt)
+            return work, ckpt
+        log.warning("resume: auto, but %s holds no complete checkpoint; starting from scratch", work / "checkpoints")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        kind = "a finished run" if is_complete(out) else "files"
+        raise ConfigError(
+            f"output_dir {out} already holds {kind}. Pass --overwrite to replace it, or choose another --output_dir."
+        )
+    if ckpt is not None and not cfg.overwrite:
+        raise ConfigError(
+            f"An interrupted run left a checkpoint in {ckpt}. Continue it with "
+            "`lora-finetune train --resume` (same settings), or pass --overwrite "
+            "to start over."
+        )
+    if work.exists():  # leftovers of a run that died before its first checkpoint
+        shutil.rmtree(work, ignore_errors=True)  # (every DDP rank gets here)
+    return work, None
+
+
+# --------------------------------------------------------------------------- the run
+def build_training_args(
+    cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool, dtype: torch.dtype
+) -> TrainingArguments:
+    import os
+
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio).
+        warmup_steps=float(cfg.warmup_ratio),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=min(cfg.logging_steps, cfg.steps),
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=min(cfg.eval_steps, cfg.steps) if has_eval else None,
+        save_strategy="steps",
+        save_steps=min(cfg.save_steps, cfg.steps),
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        report_to="none",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # show NaN/inf losses: HealthCallback stops on them
+        dataloader_pin_memory=on_gpu,
+        # --- throughput (batching.py): length-grouped batches; DDP without unused-parameter scans
+        # (every LoRA weight takes part in every step) ---
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        length_column_name=LENGTH_COLUMN,
+        ddp_find_unused_parameters=False,
+        # Without CUDA, torchrun's processes only form a (gloo) DDP group when accelerate is
+        # told it runs on CPU; otherwise each trains alone on the same output_dir.
+        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    )
+
+
+def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
+    """Run one fine-tuning job as configured and return where its outputs are."""
+    from transformers import set_seed
+
+    work, resume_from = check_output_dir(cfg)
+    set_seed(cfg.seed)
+
+    # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
+    #    any data is read or weights are loaded.
+    model_path = resolve_model(cfg.model_name, cfg.cache_dir)
+    model_config = read_model_config(model_path, cfg.trust_remote_code)
+    model_type = getattr(model_config, "model_type", "unknown")
+    skeleton = meta_model(model_path, cfg.trust_remote_code)
+    targets = resolve_target_modules(cfg.target_modules, skeleton, model_type)
+    if cfg.lora_backend == "reference":
+        check_reference_targets(skeleton, targets)
+
+    # 2. Data.
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
+    data = prepare_data(cfg, tokenizer, model_type)
+
+    # 3. Model + LoRA.
+    loaded = load_model(
+        model_path, dtype=cfg.dtype, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code
+    )
+    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
+    model = attach_lora(model, cfg, targets)
+    trainable, total = count_parameters(model)
+    log.info(
+        "LoRA on %s: %s trainable of %s parameters (%.3f%%)",
+        ", ".join(targets),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
+
+    # 4. Train.
+    # --- throughput (training/kernels.py): fused kernels where installed and supported ---
+    liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
+    if liger_note:
+        notes.append(liger_note)
+    trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [])
+    runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
+
+    # 5. Save the self-describing folder (rank 0 only under DDP).
+    resolved = Resolved(
+        base_model=model_path,
+        model_type=model_type,
+        template=data.template,
+        quantization=loaded.quantization,
+        dtype=str(dtype).replace("torch.", ""),
+        target_modules=targets,
+        eos_token=tokenizer.eos_token,
+        notes=notes,
+        data_sha256=data.data_sha256,
+        versions=versions(),
+    )
+    metrics = collect_metrics(
+        trainer, runtime, eval_metrics, data, trainable, total, tokens_before=tokens_seen_at(resume_from)
+    )
+    final = Path(cfg.output_dir)
+    save_adapter(trainer, work, cfg, model_path, targets)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(work)
+        # run control (overwrite, resume) is about this invocation, not the recipe
+        recipe = dataclasses.replace(cfg, overwrite=False, resume="no")
+        RunRecord(recipe, resolved).save(work / RUN_CONFIG)
+        (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        plot_losses(trainer.state.log_history, work / LOSS_PLOT)
+        # Checkpoints hold optimizer state for resuming; a finished run does not need them.
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        write_manifest(work)
+        replace_dir(work, final)
+    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
+
+
+def build_trainer(
+    cfg: LoRAFinetuneConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    ckpt_dir: Path,
+    dtype: torch.dtype,
+    callbacks: list[Any],
+) -> Trainer:
+    from datasets import Dataset
+    from transformers import Trainer
+
+    args = build_training_args(cfg, ckpt_dir, bool(data.eval), dtype)
+    # --- throughput (batching.py): collator (padding or packing) and sample lengths ---
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(with_lengths(data.train)),
+        eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
+        data_collator=make_collator(
+            tokenizer.pad_token_id,
+            packing=cfg.packing,
+            on_gpu=torch.cuda.is_available(),
+            model=model,
+            label_logits_only=cfg.label_logits_only,
+        ),
+        processing_class=tokenizer,
+        callbacks=[health := HealthCallback(), InterruptCallback(health), CheckpointMarker(), *callbacks],
+    )
+
+
+def _callback(trainer: Trainer, kind: type[T]) -> T:
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, kind))
+
+
+def run_trainer(trainer: Trainer, resume_from: Path | None, ckpt_dir: Path) -> tuple[float, dict[str, float]]:
+    """trainer.train() with the failures users hit turned into advice, never lost work."""
+    health = _callback(trainer, HealthCallback)
+    interrupt = _callback(trainer, InterruptCallback)
+    interrupt.install()
+    t0 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        runtime = time.perf_counter() - t0
+        eval_metrics = (
+            trainer.evaluate() if trainer.eval_dataset is not None and not (health.problem or interrupt.signal) else {}
+        )
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(
+            f"Out of GPU memory ({str(e).splitlines()[0][:160]}). Lower batch_size (raise "
+            "gradient_accumulation_steps to keep the same effective batch), lower max_length, "
+            "turn on gradient_checkpointing: true, or load the base with quantization: 4bit. "
+            "`lora-finetune estimate --model ... --budget 24GB` suggests settings that fit. " + _resume_hint(ckpt_dir)
+        ) from None
+    finally:
+        interrupt.uninstall()
+    if health.problem:
+        raise TrainingError(
+            f"Training stopped: {health.problem}. The loss or gradients became NaN/inf. Common "
+            "fixes: use dtype: bf16 instead of fp16 (fp16 overflows), lower learning_rate "
+            "(e.g. by 3-10x), keep max_grad_norm: 1.0, and check the data for empty answers. "
+            + _resume_hint(ckpt_dir, good=True)
+        )
+    if interrupt.signal is not None:
+        raise TrainingError(
+            f"Training interrupted at step {trainer.state.global_step}. " + _resume_hint(ckpt_dir),
+        )
+    return runtime, eval_metrics
+
+
+def _resume_hint(ckpt_dir: Path, good: bool = False) -> str:
+    ckpt = last_complete_checkpoint(ckpt_dir)
+    if ckpt is None:
+        return "No checkpoint was written yet (see save_steps)."
+    return (
+        f"The last {'good ' if good else ''}checkpoint is {ckpt}; continue with "
+        "`lora-finetune train --resume` and the same settings."
+    )
+
+
+__all__ = [
+    "TrainResult",
+    "build_trainer",
+    "build_training_args",
+    "check_output_dir",
+    "require_checkpoint",
+    "run_trainer",
+    "save_adapter",
+    "train",
+]

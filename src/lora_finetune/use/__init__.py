@@ -1,0 +1,28 @@
+"""Using a trained adapter, from its folder alone: load and generate (`inference.py`), answer
+whole files (`files.py`), chat (`chat.py`), score against references (`evaluation.py`) and fold
+the adapter into its base (`merging.py`). Nothing here imports `training/`: what a run decided
+is read from its record (`run_record.py`)."""
+
+from __future__ import annotations
+
+from .chat import ChatSession, GenerationSettings
+from .evaluation import EvalResult, evaluate
+from .files import GenerateFileResult, generate_file
+from .inference import InferenceModel, answer, generate, load_for_inference, stream_reply
+from .merging import MergeResult, merge
+
+__all__ = [
+    "ChatSession",
+    "EvalResult",
+    "GenerateFileResult",
+    "GenerationSettings",
+    "MergeResult",
+    "InferenceModel",
+    "answer",
+    "evaluate",
+    "generate",
+    "generate_file",
+    "load_for_inference",
+    "merge",
+    "stream_reply",
+]

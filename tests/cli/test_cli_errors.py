@@ -1,0 +1,138 @@
+"""Bad input through the CLI: one clear paragraph on stderr, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora_finetune.cli import main
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _data(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+CASES = {
+    "malformed_jsonl": (
+        "d.jsonl",
+        '{"instruction": "a", "output": "b"}\n{"instruction": \n',
+        ["d.jsonl, line 2", "not valid JSON"],
+    ),
+    "misnamed_field": ("d.jsonl", '{"instruction": "a", "answer": "b"}\n', ["line 1", "field `output`", "missing"]),
+    "empty_output": ("d.jsonl", '{"instruction": "a", "output": ""}\n', ["field `output`: empty"]),
+    "wrong_type": ("d.jsonl", '{"instruction": 3.5, "output": {"a": 1}}\n', ["field `output`", "expected text"]),
+    "unknown_role": (
+        "d.jsonl",
+        json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n",
+        ["unknown role `bot`"],
+    ),
+    "no_assistant": (
+        "d.jsonl",
+        json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n",
+        ["no assistant turn"],
+    ),
+    "csv_header": ("d.csv", "q,a\nx,y\n", ["line 1 (the header)", "`instruction`"]),
+    "empty_file": ("d.jsonl", "\n", ["no records"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_data(capsys, tmp_path, tiny_qwen3, case):
+    name, text, needles = CASES[case]
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys,
+        [
+            "train",
+            "--model_name",
+            str(tiny_qwen3),
+            "--output_dir",
+            str(out),
+            "--data_path",
+            _data(tmp_path, name, text),
+            "--steps",
+            "1",
+        ],
+    )
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_non_utf8_file(capsys, tmp_path, tiny_qwen3):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes('{"instruction": "中文", "output": "好"}\n'.encode("gb18030"))
+    code, err = _run(
+        capsys, ["train", "--model_name", str(tiny_qwen3), "--output_dir", str(tmp_path / "o"), "--data_path", str(p)]
+    )
+    assert code == 2 and "not UTF-8" in err and "d.jsonl, line 1" in err
+
+
+def test_every_sample_too_long(capsys, tmp_path, tiny_qwen3):
+    code, err = _run(
+        capsys, ["train", "--model_name", str(tiny_qwen3), "--output_dir", str(tmp_path / "o"), "--max_length", "4"]
+    )
+    assert code == 2 and "max_length=4" in err and "--max_length" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--r", "0"], ["r=0", "positive"]),
+        (["--dropout", "1"], ["dropout=1.0", "[0, 1)"]),
+        (["--eval_fraction", "1"], ["eval_fraction=1.0", "no training data"]),
+        (["--lora_rank", "8"], ["unknown key `lora_rank`"]),
+        (["--r", "0", "--dropout", "2", "--bogus", "1"], ["3 problem(s)"]),
+    ],
+)
+def test_bad_config(capsys, tmp_path, args, needles):
+    code, err = _run(capsys, ["train", "--output_dir", str(tmp_path / "o"), *args])
+    assert code == 2
+    for n in needles:
+        assert n in err, (n, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_file_unknown_key(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lora_alpha: 16\nmodel_name: x\n")
+    code, err = _run(capsys, ["train", "--config", str(cfg)])
+    assert code == 2 and "unknown key `lora_alpha`" in err and "`alpha`" in err and str(cfg) in err
+
+
+def test_model_path_missing_or_without_config(capsys, tmp_path):
+    code, err = _run(capsys, ["train", "--model_name", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")])
+    assert code == 2 and "does not exist" in err and "smollm2-135m-instruct" in err
+    (tmp_path / "m").mkdir()
+    code, err = _run(capsys, ["train", "--model_name", str(tmp_path / "m"), "--output_dir", str(tmp_path / "o")])
+    assert code == 2 and "no config.json" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_target_modules_matching_nothing(capsys, tmp_path, tiny_qwen3):
+    code, err = _run(
+        capsys,
+        [
+            "train",
+            "--model_name",
+            str(tiny_qwen3),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--target_modules",
+            "query_key_value,dense",
+        ],
+    )
+    assert code == 2 and "query_key_value" in err and "q_proj" in err
+    assert not (tmp_path / "o").exists()

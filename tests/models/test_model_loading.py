@@ -1,0 +1,132 @@
+"""Model resolution, dtype/quantisation choices and LoRA target selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lora_finetune.errors import ModelError
+from lora_finetune.models.families import family_for
+from lora_finetune.models.loading import load_model, meta_model, pick_dtype, resolve_model
+from lora_finetune.models.targets import resolve_target_modules
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("qwen3", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        ("llama", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        ("gpt2", ["c_attn", "c_proj", "c_fc"]),
+    ],
+)
+def test_auto_targets_per_model_type(tiny_models, kind, expected):
+    model = meta_model(str(tiny_models[kind]))
+    assert resolve_target_modules("auto", model, model.config.model_type) == expected
+
+
+def test_glm_and_chatglm_tables():
+    assert list(family_for("glm").lora_targets) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert list(family_for("chatglm").lora_targets) == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def test_native_glm_module_names_exist():
+    from transformers import GlmConfig, GlmForCausalLM
+
+    cfg = GlmConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    model = GlmForCausalLM(cfg)
+    assert resolve_target_modules("auto", model, "glm") == list(family_for("glm").lora_targets)
+
+
+def test_unknown_model_type_gets_every_linear_but_the_head():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.ModuleDict({"mix": nn.Linear(4, 4), "gate": nn.Linear(4, 4)})
+            self.lm_head = nn.Linear(4, 10)
+
+    assert resolve_target_modules("auto", Odd(), "odd") == ["gate", "mix"]
+
+
+def test_unknown_target_lists_real_names(tiny_models):
+    model = meta_model(str(tiny_models["qwen3"]))
+    with pytest.raises(ModelError) as e:
+        resolve_target_modules(["query_key_value", "dense"], model, "qwen3")
+    msg = str(e.value)
+    assert "query_key_value" in msg and "q_proj" in msg and "down_proj" in msg
+
+
+def test_missing_model_folder_and_missing_config(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_id_names_bundled_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lora_finetune.models.loading import read_model_config
+
+    with pytest.raises(ModelError) as e:
+        read_model_config("someone-not-real/model-xyz")
+    assert "smollm2-135m-instruct" in str(e.value) and "--model_name PATH" in str(e.value)
+
+
+def test_dtype_auto_on_cpu():
+    if not torch.cuda.is_available():
+        assert pick_dtype("auto") == torch.float32
+    assert pick_dtype("bf16") == torch.bfloat16
+
+
+def test_quantization_without_cuda_falls_back_and_records(tiny_models):
+    if torch.cuda.is_available():
+        pytest.skip("this test is about machines without CUDA")
+    loaded = load_model(str(tiny_models["qwen3"]), quantization="4bit")
+    assert loaded.quantization == "none" and loaded.dtype == torch.float32
+    assert loaded.notes and "4bit" in loaded.notes[0] and "full-precision" in loaded.notes[0]
+    assert type(loaded.model).__name__ == "Qwen3ForCausalLM"
+
+
+def test_chatglm_v1_stand_in_tree_targets_and_template():
+    """ChatGLM-6B v1 module names (a stand-in tree: the real model needs its remote code)."""
+    from lora_finetune.templates import get_template, resolve_template_name
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.ModuleDict({"query_key_value": nn.Linear(8, 24), "dense": nn.Linear(8, 8)})
+            self.mlp = nn.ModuleDict({"dense_h_to_4h": nn.Linear(8, 32), "dense_4h_to_h": nn.Linear(32, 8)})
+
+    class ChatGLMStandIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.ModuleDict({"layers": nn.ModuleList([Layer(), Layer()])})
+            self.lm_head = nn.Linear(8, 100)
+
+    assert resolve_target_modules("auto", ChatGLMStandIn(), "chatglm") == list(family_for("chatglm").lora_targets)
+
+    class Tok:
+        chat_template = None
+        eos_token = "<eop>"
+
+    assert resolve_template_name("auto", Tok(), "chatglm") == "chatglm"
+    tmpl = get_template("chatglm", Tok())
+    rec = {
+        "system": None,
+        "messages": [
+            {"role": "user", "content": "你好", "input": ""},
+            {"role": "assistant", "content": "你好！", "input": ""},
+        ],
+    }
+    assert tmpl.segments(rec) == [("你好[gMASK]", False), ("<sop>你好！<eop>", True)]
