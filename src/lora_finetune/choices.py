@@ -28,6 +28,25 @@ DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 LORA_BACKENDS: tuple[str, ...] = get_args(LoraBackend)
 LIGER_MODES: tuple[str, ...] = get_args(LigerMode)
 
+LR_SCHEDULERS: tuple[str, ...] = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+"""transformers schedules that work from our settings alone (steps, warmup_ratio)."""
+SCHEDULERS_NEEDING_SETTINGS: dict[str, str] = {
+    "reduce_lr_on_plateau": "an evaluation metric every step and its patience settings",
+    "cosine_with_min_lr": "min_lr or min_lr_rate in lr_scheduler_kwargs",
+    "cosine_warmup_with_min_lr": "min_lr or min_lr_rate in lr_scheduler_kwargs",
+    "warmup_stable_decay": "num_decay_steps and the stable phase in lr_scheduler_kwargs",
+    "greedy": "an evaluation metric every step (the greedy schedule's settings)",
+}
+"""transformers schedules Trainer rejects (or misbehaves with) without settings we don't expose."""
+
 MERGE_DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 """Weight dtypes a merged model can be written in (no `auto`: the file needs one)."""
 
@@ -63,8 +82,10 @@ __all__ = [
     "DTYPES",
     "LIGER_MODES",
     "LORA_BACKENDS",
+    "LR_SCHEDULERS",
     "MERGE_DTYPES",
     "QUANTIZATIONS",
+    "SCHEDULERS_NEEDING_SETTINGS",
     "TEMPLATES",
     "TEMPLATE_ALIASES",
     "DataFormat",

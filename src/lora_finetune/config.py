@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from .choices import (
+    LR_SCHEDULERS,
+    SCHEDULERS_NEEDING_SETTINGS,
     DataFormat,
     DType,
     LigerMode,
@@ -146,8 +149,12 @@ class LoRAFinetuneConfig:
             bad("alpha", "must be positive; a common choice is 2*r or 4*r")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1); use 0.05 or 0.1")
-        if self.learning_rate <= 0:
-            bad("learning_rate", "must be positive; LoRA usually uses 1e-4 to 5e-4")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            bad("learning_rate", "must be a positive, finite number; LoRA usually uses 1e-4 to 5e-4")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", "must be a finite number >= 0; use 0 (the default) or 0.01")
+        if not 0 <= self.seed <= 2**32 - 1:
+            bad("seed", "must be between 0 and 4294967295 (2**32 - 1)")
         for name in (
             "batch_size",
             "steps",
@@ -167,14 +174,19 @@ class LoRAFinetuneConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             bad("warmup_ratio", "must be in [0, 1); use 0.03 or 0")
-        if self.max_grad_norm < 0:
-            bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
-        schedulers = _scheduler_names()
-        if schedulers and self.lr_scheduler_type not in schedulers:
-            close = difflib.get_close_matches(self.lr_scheduler_type, schedulers, n=1)
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            bad("max_grad_norm", "must be a finite number >= 0 (0 disables clipping); use 1.0")
+        if self.lr_scheduler_type in SCHEDULERS_NEEDING_SETTINGS:
             bad(
                 "lr_scheduler_type",
-                (f"did you mean `{close[0]}`? " if close else "") + f"use one of {', '.join(schedulers)}",
+                f"needs {SCHEDULERS_NEEDING_SETTINGS[self.lr_scheduler_type]}, which this tool does not "
+                f"expose; use one of {', '.join(LR_SCHEDULERS)}",
+            )
+        elif self.lr_scheduler_type not in LR_SCHEDULERS:
+            close = difflib.get_close_matches(self.lr_scheduler_type, LR_SCHEDULERS, n=1)
+            bad(
+                "lr_scheduler_type",
+                (f"did you mean `{close[0]}`? " if close else "") + f"use one of {', '.join(LR_SCHEDULERS)}",
             )
         if self.save_total_limit < 2:
             bad(
@@ -199,14 +211,6 @@ class LoRAFinetuneConfig:
             if isinstance(v, Path):
                 out[k] = str(v)
         return out
-
-
-def _scheduler_names() -> list[str]:
-    try:
-        from transformers import SchedulerType
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return []
-    return [t.value for t in SchedulerType]
 
 
 FIELD_NAMES = [f.name for f in fields(LoRAFinetuneConfig)]

@@ -34,3 +34,15 @@ def listing(names: list[str], limit: int = 12) -> str:
     """`a, b, c and 9 more`: long name lists in messages stay one readable line."""
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+MAX_LISTED = 20
+"""How many problems a message lists before it only counts the rest."""
+
+
+def problem_list(problems: list[str], limit: int = MAX_LISTED) -> str:
+    """Problems as an indented list, the first `limit` in full and then a count."""
+    lines = [f"  - {p}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)

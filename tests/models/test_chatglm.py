@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, GenerationConfig, GlmForCausalLM
 
-from lora_finetune.errors import ModelError
+from lora_finetune.errors import ConfigError, ModelError
 from lora_finetune.models import chatglm as cg
 from lora_finetune.models.families import family_for, template_for
 from lora_finetune.templates.chatglm import ChatGLMV1Template, chatglm_v1_prompt
@@ -383,12 +383,20 @@ def test_existing_destination(v3_checkpoint, tmp_path):
     src, _, _ = v3_checkpoint
     dst = tmp_path / "native"
     dst.mkdir()
-    (dst / "stale.txt").write_text("old")
-    with pytest.raises(ModelError, match="already exists"):
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds files"):
         cg.convert_chatglm(src, dst)
-    cg.convert_chatglm(src, dst, overwrite=True)
-    assert not (dst / "stale.txt").exists() and (dst / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
+    # --overwrite replaces only what this tool made: the user's file is never deleted
+    with pytest.raises(ConfigError, match=r"did not make \(notes.txt\)"):
+        cg.convert_chatglm(src, dst, overwrite=True)
+    assert (dst / "notes.txt").read_text() == "mine"
+    (dst / "notes.txt").unlink()
+    cg.convert_chatglm(src, dst)  # an empty folder is fine
+    with pytest.raises(ConfigError, match="already holds a finished result"):
+        cg.convert_chatglm(src, dst)
+    cg.convert_chatglm(src, dst, overwrite=True)  # our own folder is replaced
+    assert (dst / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]  # no temp folder, no lock file left
 
 
 # --------------------------------------------------------------------------------------------
@@ -870,4 +878,4 @@ def test_convert_chatglm_command(spm_folder, tmp_path, capsys):
     assert "native GlmForCausalLM" in capsys.readouterr().out
     # a second run refuses to overwrite, with exit code 2 and a message
     assert main(["convert-chatglm", str(src), str(tmp_path / "native")]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a finished result" in capsys.readouterr().err

@@ -139,8 +139,14 @@ def test_refuses_existing_output_without_overwrite(adapters, merged, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(LoraFinetuneError, match="adapter folder"):
         merge(adapters["peft"], adapters["peft"] / "merged")
-    res = merge(adapters["peft"], out, overwrite=True, check=False, dtype="bf16")
-    assert res.max_abs_diff is None and not (out / "keep.txt").exists()
+    # --overwrite replaces only what this tool made: the user's file is never deleted
+    with pytest.raises(LoraFinetuneError, match=r"did not make \(keep.txt\)"):
+        merge(adapters["peft"], out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    merge(adapters["peft"], out, check=False)  # an empty folder is fine
+    res = merge(adapters["peft"], out, overwrite=True, check=False, dtype="bf16")  # ours: replaced
+    assert res.max_abs_diff is None
     config = json.loads((out / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
 

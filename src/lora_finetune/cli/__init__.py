@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from importlib import import_module
+from pathlib import Path
 
 from ..errors import LoraFinetuneError
 
@@ -69,6 +70,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the safety net: a bug, or a failure we do not know yet
+        where = _write_crash_log(args.verb, argv)
+        print(
+            f"error: `lora-finetune {args.verb}` failed unexpectedly ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no message'}). The full traceback is in "
+            f"{where}; please include it when you report this.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _write_crash_log(verb: str, argv: list[str]) -> str:
+    """Write the current traceback to a log file and return its path (or say where it went)."""
+    import tempfile
+    import time
+    import traceback
+
+    from ..config import default_cache_dir
+
+    text = f"lora-finetune {' '.join(argv)}\n\n{traceback.format_exc()}"
+    name = f"crash-{verb}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (default_cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return str(folder / name)
+        except OSError:
+            continue
+    sys.stderr.write(text)  # nowhere to write: the traceback goes to the terminal after all
+    return "the output above"
 
 
 if __name__ == "__main__":

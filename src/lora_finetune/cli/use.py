@@ -135,11 +135,16 @@ def _progress(total: int, desc: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..use.files import generate_file, read_prompt_records
+    from ..run_record import open_adapter
+    from ..use.files import check_output_path, generate_file, read_prompt_records
 
     _quiet_hf()
+    # Adapter, data and output first: each fails in a second, before the model loads.
+    if args.adapter:
+        open_adapter(args.adapter)
+    n = len(read_prompt_records(args.input, args.data_format)[1])
+    check_output_path(args.input, args.output)
     im = _load(args, base_only=args.base_only)
-    n = len(read_prompt_records(args.input, args.data_format)[1])  # fail fast on bad data
     if args.max_samples is not None:
         n = min(n, args.max_samples)
     with _progress(n, "generating") as bar:

@@ -21,7 +21,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, problem_list
 from .readers import read_rows
 
 Record = dict[str, Any]
@@ -70,6 +70,23 @@ def detect_format(row: Any, where: str, path: Path | str) -> str:
     )
 
 
+def _gather(problems: list[str], fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call `fn`; on a DataError, note its message and go on (every problem of a record is
+    reported at once, not just the first)."""
+    try:
+        return fn(*args, **kwargs)
+    except DataError as e:
+        problems.append(str(e))
+        return None
+
+
+def _raise_all(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise DataError("\n".join(problems))
+
+
 def _need_str(row: dict, key: str, where: str, path: Any, *, required: bool, allow_empty: bool = True) -> str:
     if key not in row or row[key] is None:
         if required:
@@ -94,26 +111,32 @@ def _need_str(row: dict, key: str, where: str, path: Any, *, required: bool, all
 
 
 def _alpaca(row: dict, where: str, path: Any, require_answer: bool) -> Record:
-    instruction = _need_str(row, "instruction", where, path, required=True, allow_empty=False)
-    inp = _need_str(row, "input", where, path, required=False)
-    output = _need_str(row, "output", where, path, required=require_answer, allow_empty=not require_answer)
-    system = _need_str(row, "system", where, path, required=False) or None
+    problems: list[str] = []
+    instruction = _gather(problems, _need_str, row, "instruction", where, path, required=True, allow_empty=False)
+    inp = _gather(problems, _need_str, row, "input", where, path, required=False)
+    output = _gather(
+        problems, _need_str, row, "output", where, path, required=require_answer, allow_empty=not require_answer
+    )
+    system = _gather(problems, _need_str, row, "system", where, path, required=False) or None
     messages: list[dict[str, str]] = []
     history = row.get("history") or []
     if not isinstance(history, list):
-        raise DataError(
+        problems.append(
             f"{path}, {where}, field `history`: expected a list of [question, answer] "
             f"pairs, found {type(history).__name__}."
         )
+        history = []
     for k, pair in enumerate(history):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            raise DataError(
+            problems.append(
                 f"{path}, {where}, field `history`, item {k + 1}: expected a [question, answer] pair of strings."
             )
+            continue
         messages += [
             {"role": "user", "content": pair[0], "input": ""},
             {"role": "assistant", "content": pair[1], "input": ""},
         ]
+    _raise_all(problems)
     messages.append({"role": "user", "content": instruction, "input": inp})
     if output:
         messages.append({"role": "assistant", "content": output, "input": ""})
@@ -132,33 +155,15 @@ def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> 
             f"{path}, {where}, field `{key}`: expected a non-empty list of "
             f'{{"{role_key}": ..., "{text_key}": ...}} objects.'
         )
-    system = _need_str(row, "system", where, path, required=False) or None
+    problems: list[str] = []
+    system = _gather(problems, _need_str, row, "system", where, path, required=False) or None
     messages: list[dict[str, str]] = []
     for k, turn in enumerate(turns):
-        at = f"{where}, field `{key}`, turn {k + 1}"
-        if not isinstance(turn, dict):
-            raise DataError(
-                f"{path}, {at}: expected an object with `{role_key}` and `{text_key}`, found {type(turn).__name__}."
-            )
-        raw_role = _need_str(turn, role_key, at, path, required=True, allow_empty=False)
-        role = roles.get(raw_role.strip().lower())
-        if role is None:
-            raise DataError(
-                f"{path}, {at}: unknown {role_key} `{raw_role}`. Use one of {', '.join(sorted(set(roles)))}."
-            )
-        content = _need_str(turn, text_key, at, path, required=True, allow_empty=role == "system")
-        if role == "system":
-            if messages:
-                raise DataError(f"{path}, {at}: a system message may only come first.")
-            system = content
-            continue
-        expected = "user" if not messages or messages[-1]["role"] == "assistant" else "assistant"
-        if role != expected:
-            raise DataError(
-                f"{path}, {at}: expected a `{expected}` turn here but found "
-                f"`{role}`. Turns must alternate user, assistant, user, ..."
-            )
-        messages.append({"role": role, "content": content, "input": ""})
+        try:
+            system = _turn(turn, k, where, path, key, role_key, text_key, roles, messages, system)
+        except DataError as e:
+            problems.append(str(e))
+    _raise_all(problems)
     if not messages:
         raise DataError(f"{path}, {where}, field `{key}`: has no user turn.")
     if require_answer and messages[-1]["role"] != "assistant":
@@ -168,6 +173,46 @@ def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> 
             "assistant's answer or delete the record."
         )
     return {"system": system, "messages": messages}
+
+
+def _turn(
+    turn: Any,
+    k: int,
+    where: str,
+    path: Any,
+    key: str,
+    role_key: str,
+    text_key: str,
+    roles: dict[str, str],
+    messages: list[dict[str, str]],
+    system: str | None,
+) -> str | None:
+    """Check one turn and append it to `messages`; returns the system prompt (a leading system
+    turn sets it)."""
+    at = f"{where}, field `{key}`, turn {k + 1}"
+    if not isinstance(turn, dict):
+        raise DataError(
+            f"{path}, {at}: expected an object with `{role_key}` and `{text_key}`, found {type(turn).__name__}."
+        )
+    problems: list[str] = []
+    raw_role = _gather(problems, _need_str, turn, role_key, at, path, required=True, allow_empty=False)
+    role = roles.get(raw_role.strip().lower()) if raw_role is not None else None
+    if raw_role is not None and role is None:
+        problems.append(f"{path}, {at}: unknown {role_key} `{raw_role}`. Use one of {', '.join(sorted(set(roles)))}.")
+    content = _gather(problems, _need_str, turn, text_key, at, path, required=True, allow_empty=role == "system")
+    _raise_all(problems)
+    if role == "system":
+        if messages:
+            raise DataError(f"{path}, {at}: a system message may only come first.")
+        return content
+    expected = "user" if not messages or messages[-1]["role"] == "assistant" else "assistant"
+    if role != expected:
+        raise DataError(
+            f"{path}, {at}: expected a `{expected}` turn here but found "
+            f"`{role}`. Turns must alternate user, assistant, user, ..."
+        )
+    messages.append({"role": role, "content": content, "input": ""})
+    return system
 
 
 def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto", require_answer: bool = True) -> Record:
@@ -187,15 +232,36 @@ def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto",
     return rec
 
 
+def normalize_rows(rows: list[tuple[str, Any]], path: Path | str, fmt: str, require_answer: bool) -> list[Record]:
+    """Every row normalised, or one DataError listing every bad record (the first 20 in full)."""
+    records: list[Record] = []
+    bad: list[str] = []
+    bad_records = 0
+    for where, row in rows:
+        try:
+            records.append(normalize_row(row, where, path, fmt, require_answer))
+        except DataError as e:
+            bad_records += 1
+            bad += str(e).split("\n")
+    if bad_records == 1 and len(bad) == 1:
+        raise DataError(bad[0])
+    if bad:
+        raise DataError(
+            f"{path}: {bad_records} of {len(rows)} records cannot be used ({len(bad)} problems). "
+            f"Fix or delete them:\n{problem_list(bad)}"
+        )
+    return records
+
+
 def load_records(path: Path | str, fmt: str = "auto", require_answer: bool = True) -> list[Record]:
-    """Read a data file into normalised records; raises DataError on the first bad record."""
+    """Read a data file into normalised records; a DataError lists every bad record at once."""
     rows = read_rows(path, require_answer)
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add samples, one per line (JSONL) or as a JSON list.")
-    return [normalize_row(row, where, path, fmt, require_answer) for where, row in rows]
+    return normalize_rows(rows, path, fmt, require_answer)
 
 
 def records_from_rows(
     rows: list[dict], fmt: str = "auto", source: str = "<memory>", require_answer: bool = True
 ) -> list[Record]:
-    return [normalize_row(r, f"record {i + 1}", source, fmt, require_answer) for i, r in enumerate(rows)]
+    return normalize_rows([(f"record {i + 1}", r) for i, r in enumerate(rows)], source, fmt, require_answer)

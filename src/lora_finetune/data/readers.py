@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, problem_list
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+_TOO_DEEP = (
+    "JSON nested too deeply to read (thousands of levels of [ or {). A record is a flat object "
+    "of text fields, or a list of messages; check how the file was generated"
+)
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -35,21 +39,34 @@ def _decode(path: Path, raw: bytes) -> str:
 def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     # split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which JSON strings may
     # hold raw (json.dumps(..., ensure_ascii=False) writes them so)
+    bad: list[str] = []
+    rows: list[tuple[str, Any]] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield f"line {lineno}", json.loads(line)
+            rows.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}, line {lineno}, column {e.colno}: not valid JSON ({e.msg}). Each line of "
-                "a .jsonl file must be one complete JSON object; fix or delete that line."
-            ) from None
+            bad.append(f"{path}, line {lineno}, column {e.colno}: not valid JSON ({e.msg})")
+        except RecursionError:
+            bad.append(f"{path}, line {lineno}: {_TOO_DEEP}")
+    if len(bad) == 1:
+        raise DataError(
+            f"{bad[0]}. Each line of a .jsonl file must be one complete JSON object; fix or delete that line."
+        )
+    if bad:
+        raise DataError(
+            f"{path}: {len(bad)} lines are not valid JSON. Each line of a .jsonl file must be one "
+            f"complete JSON object; fix or delete them:\n{problem_list(bad)}"
+        )
+    yield from rows
 
 
 def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: {_TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         hint = (
             " It looks like JSON Lines (one object per line): rename the file to .jsonl."
@@ -146,6 +163,8 @@ def read_rows(path: Path | str, require_answer: bool = True) -> list[tuple[str, 
     if stripped.startswith("{") and "\n" in stripped.strip():
         try:
             json.loads(text)
+        except RecursionError:
+            raise DataError(f"{path}: {_TOO_DEEP}") from None
         except json.JSONDecodeError as e:
             if e.msg.startswith("Extra data"):
                 return list(_read_jsonl(path, text))

@@ -53,14 +53,58 @@ def check_reference_targets(model: nn.Module, targets: list[str]) -> None:
         )
 
 
-def attach_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
-    """peft's PeftModel around `model` with the adapter's weights (inference mode)."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_weights(adapter_dir: str | Path) -> None:
+    """Read the adapter's tensors and check they are whole and finite: a damaged file is named
+    here instead of loading as garbage (or as `""` answers)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not path.is_file():
+        return  # an old `adapter_model.bin` adapter: peft reads it and reports its own problems
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for bad headers and truncation
+        raise ModelError(
+            f"{path} cannot be read as safetensors ({str(e).splitlines()[0][:160]}): the file is "
+            "damaged or incomplete. Copy the adapter folder again, or re-run the training."
+        ) from None
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelError(
+            f"{path} holds NaN or infinite values in {len(bad)} tensors ({', '.join(bad[:3])}): the "
+            "file is damaged, or the run diverged. Use an earlier checkpoint or re-train with a "
+            "lower learning_rate."
+        )
+
+
+def attach_adapter(
+    model: PreTrainedModel, adapter_dir: str | Path, *, trained_on: str | None = None, given: str | None = None
+) -> PeftModel:
+    """peft's PeftModel around `model` with the adapter's weights (inference mode).
+
+    `trained_on` / `given` name the bases for the message when the adapter's shapes do not fit."""
     from peft import PeftModel
 
-    with warnings.catch_warnings():
-        # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+    check_adapter_weights(adapter_dir)
+    try:
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return PeftModel.from_pretrained(model, str(adapter_dir))
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))[:200]
+        raise ModelError(
+            f"The adapter {adapter_dir} does not fit this base model ({first}). It was trained on "
+            f"{trained_on or 'another base (see its adapter_config.json)'}; the base given is "
+            f"{given or getattr(model, 'name_or_path', '?')}. Use the base it was trained on "
+            "(drop --base_model to use the one in its run record)."
+        ) from None
 
 
-__all__ = ["attach_adapter", "attach_lora", "check_reference_targets"]
+__all__ = ["ADAPTER_WEIGHTS", "attach_adapter", "attach_lora", "check_adapter_weights", "check_reference_targets"]

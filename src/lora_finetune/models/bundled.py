@@ -14,7 +14,7 @@ import torch
 
 from ..config import default_cache_dir
 from ..errors import ModelError
-from ..folders import atomic_dir, is_complete, write_manifest
+from ..folders import atomic_dir, is_complete, output_lock, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ def ensure_bundled_model(cache_dir: Path | None = None) -> Path:
     if is_complete(dst):
         return dst
     gguf = bundled_gguf_path()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(dst, wait=True):  # two first runs at once: one converts, the other waits
+        if not is_complete(dst):
+            _convert_bundled(gguf, dst)
+    return dst
+
+
+def _convert_bundled(gguf: Path, dst: Path) -> None:
     log.info("converting the bundled SmolLM2-135M-Instruct from GGUF to %s (once, ~30 s)", dst)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,7 +82,6 @@ def ensure_bundled_model(cache_dir: Path | None = None) -> Path:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_manifest(tmp)
-    return dst
 
 
 def is_bundled_name(name: str) -> bool:

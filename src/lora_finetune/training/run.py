@@ -24,7 +24,16 @@ import torch
 
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError, TrainingError
-from ..folders import is_complete, replace_dir, write_manifest
+from ..folders import (
+    check_output_folder,
+    check_writable_parent,
+    is_complete,
+    is_no_space,
+    no_space_error,
+    output_lock,
+    replace_dir,
+    write_manifest,
+)
 from ..models import (
     attach_lora,
     check_reference_targets,
@@ -105,17 +114,16 @@ def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
     """Where this run works, and the checkpoint it resumes from; refuses to clobber work."""
     out = Path(cfg.output_dir)
     work = _work_dir(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a folder. Choose another --output_dir.")
+    check_writable_parent(out)
     ckpt = last_complete_checkpoint(work / "checkpoints")
     if cfg.resume == "auto":
         if ckpt is not None:
             log.info("resuming from %s", ckpt)
             return work, ckpt
         log.warning("resume: auto, but %s holds no complete checkpoint; starting from scratch", work / "checkpoints")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        kind = "a finished run" if is_complete(out) else "files"
-        raise ConfigError(
-            f"output_dir {out} already holds {kind}. Pass --overwrite to replace it, or choose another --output_dir."
-        )
+    check_output_folder(out, cfg.overwrite)
     if ckpt is not None and not cfg.overwrite:
         raise ConfigError(
             f"An interrupted run left a checkpoint in {ckpt}. Continue it with "
@@ -178,7 +186,19 @@ def build_training_args(
 
 
 def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
-    """Run one fine-tuning job as configured and return where its outputs are."""
+    """Run one fine-tuning job as configured and return where its outputs are.
+
+    The run holds the lock of its output_dir throughout (one writer per folder; under DDP the
+    rank-0 process holds it for the group)."""
+    import os
+    from contextlib import nullcontext
+
+    lead = os.environ.get("RANK", "0") == "0"
+    with output_lock(Path(cfg.output_dir)) if lead else nullcontext():
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
     from transformers import set_seed
 
     work, resume_from = check_output_dir(cfg)
@@ -240,6 +260,34 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         trainer, runtime, eval_metrics, data, trainable, total, tokens_before=tokens_seen_at(resume_from)
     )
     final = Path(cfg.output_dir)
+    try:
+        _save_run(trainer, work, final, cfg, model_path, targets, tokenizer, resolved, metrics)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise TrainingError(
+            f"{no_space_error(work, _adapter_bytes(trainer.model))} " + _resume_hint(work / "checkpoints")
+        ) from None
+    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
+
+
+def _adapter_bytes(model: Any) -> int:
+    return 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) + 2**24
+
+
+def _save_run(
+    trainer: Trainer,
+    work: Path,
+    final: Path,
+    cfg: LoRAFinetuneConfig,
+    model_path: str,
+    targets: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    resolved: Resolved,
+    metrics: dict[str, Any],
+) -> None:
+    """Write the finished folder in `work` and move it to `final` (checkpoints go last, so a
+    failure while saving leaves the run resumable)."""
     save_adapter(trainer, work, cfg, model_path, targets)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(work)
@@ -248,11 +296,10 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
         RunRecord(recipe, resolved).save(work / RUN_CONFIG)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         plot_losses(trainer.state.log_history, work / LOSS_PLOT)
+        write_manifest(work)  # the last write: a full disk up to here leaves the checkpoints intact
         # Checkpoints hold optimizer state for resuming; a finished run does not need them.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
-        write_manifest(work)
         replace_dir(work, final)
-    return TrainResult(output_dir=final, metrics=metrics, resolved=resolved)
 
 
 def build_trainer(
@@ -309,6 +356,10 @@ def run_trainer(trainer: Trainer, resume_from: Path | None, ckpt_dir: Path) -> t
             "turn on gradient_checkpointing: true, or load the base with quantization: 4bit. "
             "`lora-finetune estimate --model ... --budget 24GB` suggests settings that fit. " + _resume_hint(ckpt_dir)
         ) from None
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise TrainingError(f"{no_space_error(ckpt_dir)} " + _resume_hint(ckpt_dir)) from None
     finally:
         interrupt.uninstall()
     if health.problem:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import normalize_row, read_rows
+from ..data import normalize_rows, read_rows
 from ..errors import DataError
+from ..folders import check_output_file, is_no_space, no_space_error, output_lock
 from .inference import InferenceModel, generate
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def read_prompt_records(
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add prompts, one per line (JSONL) or as a JSON list.")
     raw = [row for _, row in rows]
-    records = [normalize_row(row, where, path, data_format, require_answer=False) for where, row in rows]
+    records = normalize_rows(rows, path, data_format, require_answer=False)
     return raw, records
 
 
@@ -118,11 +119,31 @@ def generate_file(
     batch_size). The output format follows `output_path`'s suffix.
     """
     input_path, output_path = Path(input_path), Path(output_path)
+    check_output_path(input_path, output_path)
+    with output_lock(output_path):
+        return _generate_file(im, input_path, output_path, data_format, max_samples, progress, gen_kw)
+
+
+def check_output_path(input_path: Path | str, output_path: Path | str) -> None:
+    """Before anything is generated: the output can be written and is not the input."""
+    input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
         raise DataError(
             f"--output {output_path} is the input file; writing there would replace "
             "your data. Choose another output path."
         )
+    check_output_file(output_path)
+
+
+def _generate_file(
+    im: InferenceModel,
+    input_path: Path,
+    output_path: Path,
+    data_format: str,
+    max_samples: int | None,
+    progress: Callable[[int], Any] | None,
+    gen_kw: dict[str, Any],
+) -> GenerateFileResult:
     raw, records = read_prompt_records(input_path, data_format)
     if max_samples is not None:
         raw, records = raw[:max_samples], records[:max_samples]
@@ -132,7 +153,12 @@ def generate_file(
     results = generate(im, records, progress=progress, **gen_kw)
     seconds = time.perf_counter() - t0
     rows = [{**row, PREDICTION_FIELD: res["text"]} for row, res in zip(raw, results)]
-    write_rows(rows, output_path)
+    try:
+        write_rows(rows, output_path)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise no_space_error(output_path) from None
     return GenerateFileResult(
         output_path, len(rows), sum(r["stopped"] for r in results), sum(r["tokens"] for r in results), seconds
     )
@@ -142,6 +168,7 @@ __all__ = [
     "GenerateFileResult",
     "OUTPUT_SUFFIXES",
     "PREDICTION_FIELD",
+    "check_output_path",
     "generate_file",
     "read_prompt_records",
     "write_rows",

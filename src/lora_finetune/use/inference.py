@@ -110,7 +110,7 @@ def load_for_inference(
     cfg = record.config if record is not None else None
     trc = trust_remote_code if trust_remote_code is not None else bool(cfg is not None and cfg.trust_remote_code)
     cache = cache_dir or (cfg.cache_dir if cfg is not None else None)
-    path = resolve_model(name, cache) if not Path(name).is_dir() else name
+    path = resolve_model(name, cache)
     tokenizer = load_tokenizer(
         str(folder.path) if folder is not None and folder.has_tokenizer else path, trc, padding_side="left"
     )
@@ -125,7 +125,8 @@ def load_for_inference(
     with_adapter = folder is not None and not base_only
     if with_adapter:
         # Both LoRA backends save peft's adapter format, so peft loads either.
-        model = attach_adapter(model, folder.path)
+        trained_on = record.resolved.base_model or record.config.model_name if record is not None else None
+        model = attach_adapter(model, folder.path, trained_on=trained_on, given=name)
     if loaded.quantization == "none":
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()

@@ -30,9 +30,9 @@ import torch
 
 from ..choices import MERGE_DTYPES
 from ..errors import ConfigError, LoraFinetuneError
-from ..folders import atomic_dir, write_manifest
+from ..folders import atomic_dir, check_output_folder, is_no_space, no_space_error, output_lock, write_manifest
 from ..models import attach_adapter, load_model, load_tokenizer, resolve_model
-from ..run_record import RunRecord, open_adapter
+from ..run_record import AdapterFolder, RunRecord, open_adapter
 from ..templates import encode_records
 from .inference import stop_token_ids, template_and_stops
 
@@ -152,22 +152,45 @@ def merge(
     """Fold the adapter in `adapter_dir` into its base and write a standalone model folder.
 
     dtype: bf16, fp16 or fp32 (default: the dtype the adapter was trained in). The merge and
-    the check run on `device` (default CPU, which holds any model that fits in RAM).
+    the check run on `device` (default CPU, which holds any model that fits in RAM). The output
+    folder is checked before anything loads and locked while it is written.
     """
     folder = open_adapter(adapter_dir)
-    adapter_dir, output_dir, record = folder.path, Path(output_dir), folder.record
-    if output_dir.resolve() == adapter_dir.resolve() or adapter_dir.resolve() in output_dir.resolve().parents:
+    output_dir = Path(output_dir)
+    if output_dir.resolve() == folder.path.resolve() or folder.path.resolve() in output_dir.resolve().parents:
         raise ConfigError(
             f"--output {output_dir} is (inside) the adapter folder; the merged "
             "model is a separate folder. Choose another --output."
         )
-    if output_dir.exists() and not overwrite:
-        raise ConfigError(f"{output_dir} already exists; pass --overwrite to replace it, or choose another --output.")
+    check_output_folder(output_dir, overwrite)
+    with output_lock(output_dir):
+        try:
+            return _merge(
+                folder, output_dir, dtype, overwrite, check, base_model, max_shard_size, device, trust_remote_code
+            )
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            raise no_space_error(output_dir) from None
+
+
+def _merge(
+    folder: AdapterFolder,
+    output_dir: Path,
+    dtype: str | None,
+    overwrite: bool,
+    check: bool,
+    base_model: str | None,
+    max_shard_size: str | int,
+    device: str | None,
+    trust_remote_code: bool | None,
+) -> MergeResult:
+    adapter_dir, record = folder.path, folder.record
     name = folder.base_to_load(base_model)
     cfg = record.config if record is not None else None
     trc = trust_remote_code if trust_remote_code is not None else bool(cfg is not None and cfg.trust_remote_code)
     cache = cfg.cache_dir if cfg is not None else None
-    path = resolve_model(name, cache) if not Path(name).is_dir() else name
+    path = resolve_model(name, cache)
     out_dtype = _output_dtype(dtype, record)
     notes: list[str] = []
     used_q, asked_q = _trained_quantization(record)
@@ -188,7 +211,8 @@ def merge(
     loaded = load_model(path, dtype=out_dtype, quantization="none", trust_remote_code=trc, for_training=False)
     torch_dtype = loaded.dtype
     dev = torch.device(device or "cpu")
-    model = attach_adapter(loaded.model, adapter_dir).to(dev).eval()
+    trained_on = record.resolved.base_model or record.config.model_name if record is not None else None
+    model = attach_adapter(loaded.model, adapter_dir, trained_on=trained_on, given=name).to(dev).eval()
     del loaded
     # The template the adapter was trained with gives the check prompts and the stop ids.
     try:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ...errors import ModelError, listing
-from ...folders import FolderExistsError, atomic_dir, write_manifest
+from ...folders import atomic_dir, check_output_folder, is_no_space, no_space_error, output_lock, write_manifest
 from .sentencepiece import _read_sentencepiece
 from .tokenizer import CHATGLM2_SPECIAL_TOKENS, CHATGLM3_SPECIAL_TOKENS, convert_chatglm_tokenizer
 from .v1 import V1_TRANSFORMERS_RANGE_TEXT
@@ -507,11 +507,20 @@ def convert_chatglm(
     SentencePiece tokenizer.model, the converted fast tokenizer is written alongside.
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise ModelError(f"{dst} already exists. Delete it, pick another destination, or pass overwrite=True.")
+    check_output_folder(dst, overwrite)
+    with output_lock(dst):
+        return _convert(src, dst, version, overwrite)
+
+
+def _convert(src: Path, dst: Path, version: ChatGLMVersion | None, overwrite: bool) -> Path:
     plan = _plan(src, version)
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
-        _write_folder(plan, tmp)
+    try:
+        with atomic_dir(dst, overwrite=overwrite) as tmp:
+            _write_folder(plan, tmp)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise no_space_error(dst) from None
     log.info("wrote native GLM checkpoint %s (from %s, %s)", dst, src, plan.version)
     return dst
 
@@ -625,19 +634,13 @@ def ensure_native(
     if _is_complete(dst, fingerprint):
         log.info("reusing converted checkpoint %s for %s", dst, src)
         return dst
-    if dst.exists():
-        log.warning("%s is an incomplete or outdated conversion; converting again", dst)
-        shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return convert_chatglm(src, dst, version=version)
-    except (FolderExistsError, ModelError) as exc:
-        # Another process may have finished the same conversion while this one ran.
+    # One converter per cache folder: a second process waits, then finds the conversion done.
+    with output_lock(dst, wait=True):
         if _is_complete(dst, fingerprint):
             log.info("another process converted %s into %s first; using it", src, dst)
             return dst
-        if not isinstance(exc, FolderExistsError):
-            raise
-        raise ModelError(
-            f"{dst} appeared while converting {src} but is not a complete conversion; delete it and try again."
-        ) from None
+        if dst.exists():
+            log.warning("%s is an incomplete or outdated conversion; converting again", dst)
+            shutil.rmtree(dst)
+        return _convert(src, dst, version, overwrite=False)
