@@ -202,9 +202,9 @@ def _finish(im: InferenceModel, row: list[int]) -> dict[str, Any]:
     stops = set(im.stop_token_ids)
     cut = next((i for i, t in enumerate(row) if t in stops), None)
     body = row if cut is None else row[:cut]
-    text = im.tokenizer.decode(body, skip_special_tokens=True)
-    if cut is None:  # cut at max_new_tokens, possibly inside a multi-byte character
-        text = text.rstrip("\ufffd")
+    # A trailing U+FFFD is the start of a character the answer never finished (cut at
+    # max_new_tokens, or a stop token in the middle of a multi-byte sequence): never text.
+    text = im.tokenizer.decode(body, skip_special_tokens=True).rstrip("\ufffd")
     return {"text": text.strip(), "tokens": len(body), "stopped": cut is not None}
 
 
@@ -257,6 +257,8 @@ def _callback_streamer(tokenizer: PreTrainedTokenizerBase, on_text: Callable[[st
         `generate` (no thread), so errors and Ctrl-C surface where generate was called."""
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if stream_end:  # what `_finish` drops from the answer is not streamed either
+                text = text.rstrip("\ufffd")
             if text:
                 on_text(text)
 
