@@ -136,3 +136,21 @@ def test_target_modules_matching_nothing(capsys, tmp_path, tiny_qwen3):
     )
     assert code == 2 and "query_key_value" in err and "q_proj" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_unexpected_errors_get_one_line_and_a_log_file(monkeypatch, tmp_path, capsys):
+    """The safety net: a bug prints one line naming the verb and where the traceback is, exit 1."""
+    import lora_finetune.cli.tools as tools
+
+    monkeypatch.setenv("LORA_FINETUNE_CACHE", str(tmp_path / "cache"))
+
+    def broken(args):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(tools, "cmd_modules", broken)
+    code = main(["modules", "--model", "x"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "`lora-finetune modules` failed unexpectedly (RuntimeError: something nobody expected)" in err
+    [log] = list((tmp_path / "cache" / "logs").glob("crash-modules-*.log"))
+    assert log.name in err and "Traceback" in log.read_text() and "something nobody expected" in log.read_text()

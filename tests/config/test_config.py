@@ -79,3 +79,27 @@ def test_scheduler_typo_and_checkpoint_limit_reported_with_the_rest():
     msg = str(e.value)
     assert "3 problem(s)" in msg and "did you mean `cosine`" in msg
     assert "save_total_limit=1" in msg and "at least 2" in msg
+
+
+@pytest.mark.parametrize(
+    "key,value,why",
+    [
+        ("learning_rate", "nan", "positive, finite"),
+        ("learning_rate", "inf", "positive, finite"),
+        ("max_grad_norm", "nan", "finite number >= 0"),
+        ("weight_decay", "-5", "finite number >= 0"),
+        ("seed", "-1", "between 0 and 4294967295"),
+        ("seed", str(2**32), "between 0 and 4294967295"),
+        ("lr_scheduler_type", "reduce_lr_on_plateau", "needs an evaluation metric"),
+        ("lr_scheduler_type", "cosine_with_min_lr", "min_lr or min_lr_rate"),
+        ("lr_scheduler_type", "cosin", "did you mean `cosine`"),
+    ],
+)
+def test_values_that_make_no_sense_are_config_errors(key, value, why):
+    with pytest.raises(ConfigError, match=why):
+        load_config(None, {key: value})
+
+
+def test_all_value_problems_at_once():
+    with pytest.raises(ConfigError, match=r"has 4 problem\(s\)"):
+        load_config(None, {"learning_rate": "nan", "weight_decay": "-1", "seed": "-1", "max_grad_norm": "inf"})

@@ -240,3 +240,52 @@ def test_json_file_with_one_record_object(tmp_path):
     assert [m["content"] for m in load_records(p)[0]["messages"]] == ["q1", "a1", "q2", "a2"]
     p.write_text(json.dumps(ALPACA[1], ensure_ascii=False), "utf-8")
     assert [m["content"] for m in load_records(p)[0]["messages"]] == ["hi", "hello", "翻译", "苹果"]
+
+
+def test_every_bad_field_and_record_is_reported_at_once(tmp_path):
+    rows = [
+        {"instruction": "ok", "output": "fine"},
+        {"instruction": "", "output": ["not", "text"], "history": 3},
+        {"messages": [{"role": "bot", "content": ""}, {"role": "user"}]},
+        "not an object",
+    ]
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError) as e:
+        load_records(p)
+    msg = str(e.value)
+    assert "3 of 4 records cannot be used (7 problems)" in msg
+    for part in (
+        "line 2, field `instruction`: empty",
+        "line 2, field `output`: expected text",
+        "line 2, field `history`",
+        "line 3, field `messages`, turn 1: unknown role `bot`",
+        "turn 1, field `content`: empty",
+        "turn 2, field `content`: missing",
+        "line 4: expected an object",
+    ):
+        assert part in msg, part
+
+
+def test_many_bad_records_list_20_then_a_count(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"instruction": f"q{i}"}) for i in range(50)))
+    with pytest.raises(DataError) as e:
+        load_records(p)
+    msg = str(e.value)
+    assert "50 of 50 records" in msg and msg.count("field `output`: missing") == 20 and "... and 30 more" in msg
+
+
+def test_every_malformed_jsonl_line_is_listed(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"instruction": "a", "output": "b"}\n{bad\n{"x": \n')
+    with pytest.raises(DataError, match=r"2 lines are not valid JSON(.|\n)*line 2(.|\n)*line 3"):
+        load_records(p)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_deeply_nested_json_is_a_data_error(tmp_path, suffix):
+    p = tmp_path / f"deep{suffix}"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_records(p)

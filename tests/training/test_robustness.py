@@ -286,3 +286,48 @@ def test_chatglm_v1_code_that_breaks_gets_the_version_advice(tmp_path):
     with pytest.raises(ModelError) as e:
         read_model_config(str(folder), trust_remote_code=True)
     assert "4.23" in str(e.value) and "4.33" in str(e.value)
+
+
+def test_output_dir_that_is_a_file_fails_before_loading(tiny_qwen3, tmp_path):
+    f = tmp_path / "out"
+    f.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is a file, not a folder"):
+            train(_cfg(tiny_qwen3, f, overwrite=overwrite))
+    assert f.read_text() == "mine"
+
+
+def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(tiny_qwen3, tmp_path):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "train.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    (mine / "notes.md").write_text("my notes")
+    with pytest.raises(ConfigError, match=r"did not make \(notes.md, train.jsonl\)"):
+        train(_cfg(tiny_qwen3, mine, overwrite=True, steps=1))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.md", "train.jsonl"]
+    done = train(_cfg(tiny_qwen3, tmp_path / "run", steps=1))
+    again = train(_cfg(tiny_qwen3, done.output_dir, steps=1, overwrite=True))  # our own run: replaced
+    assert again.output_dir.is_dir()
+
+
+def test_disk_full_while_saving_keeps_the_checkpoint_for_resume(tiny_qwen3, tmp_path, monkeypatch):
+    import errno
+
+    import lora_finetune.training.run as run
+
+    real = run.save_adapter
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "save_adapter", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(tiny_qwen3, out, steps=4, save_steps=2))
+    msg = str(e.value)
+    assert "The disk is full" in msg and "MiB are free" in msg and "--resume" in msg
+    assert not out.exists()
+    assert last_complete_checkpoint(tmp_path / ".run.partial" / "checkpoints") is not None
+    monkeypatch.setattr(run, "save_adapter", real)
+    resumed = train(_cfg(tiny_qwen3, out, steps=4, save_steps=2, resume="auto"))
+    assert (resumed.output_dir / "adapter_model.safetensors").is_file()

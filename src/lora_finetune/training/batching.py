@@ -11,7 +11,7 @@ Packing (`packing: true`) puts the samples of a batch back to back in ONE row, w
 transformers turns restarting `position_ids` into a block-diagonal causal mask (sdpa, eager,
 flex) or into varlen boundaries (flash-attention) by itself, so a token attends only to earlier
 tokens of its own sample: this is what `DataCollatorWithFlattening` relies on. We checked it
-numerically on transformers 5.24 (tests/training/test_batching.py): the packed logits equal the unpacked
+numerically on transformers 5.24 (tests/training/test_packing.py): the packed logits equal the unpacked
 ones to float32 rounding for Llama, Qwen3 and GLM on CPU sdpa and eager -- BUT only when the model
 builds no KV cache. transformers looks for packed position_ids only when `attention_mask` is None
 *and no cache exists*, and a model whose config says `use_cache: true` creates a `DynamicCache`
@@ -164,6 +164,35 @@ def make_collator(
     return inner
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length grouping (shuffled megabatches, each sorted by length), with the
+    shuffle seeded by (seed, epoch).
+
+    transformers' own `LengthGroupedSampler` draws its shuffle from the global torch RNG when
+    the epoch starts. A run resumed in the middle of an epoch restores the RNG of the checkpoint,
+    not of that epoch's start, so the rest of the epoch saw other batches and the adapter came
+    out different (max weight difference ~1e-3 on the tiny models). Seeded per epoch, the order
+    is a function of the epoch alone, and resuming from any checkpoint is exact."""
+
+    def __init__(self, lengths: Sequence[int], group_size: int, seed: int) -> None:
+        self.lengths = list(lengths)
+        self.group_size = group_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by accelerate at every epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=generator))
+
+
 def with_lengths(rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
     """Rows with a `length` entry, so the length-grouped sampler need not measure every sample."""
     return [{**r, LENGTH_COLUMN: len(r["input_ids"])} for r in rows]
@@ -194,4 +223,5 @@ __all__ = [
     "packed_boundaries",
     "padding_stats",
     "LENGTH_COLUMN",
+    "LengthGroupedSampler",
 ]

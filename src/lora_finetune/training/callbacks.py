@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..run_record import RunRecord
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -92,11 +94,22 @@ class InterruptCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+RECIPE = "recipe.yaml"
+"""The run's recipe inside each checkpoint (run_config.yaml's format): `--resume` compares it."""
+
+
 class CheckpointMarker(TrainerCallback):
+    """After the Trainer has written a checkpoint: the recipe beside it, then `COMPLETE`."""
+
+    def __init__(self, recipe: RunRecord | None = None) -> None:
+        self.recipe = recipe
+
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
+                if self.recipe is not None:
+                    self.recipe.save(ckpt / RECIPE)
                 (ckpt / COMPLETE).write_text("ok\n")
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from ..config import LoRAFinetuneConfig
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, LoraFinetuneError, TrainingError
 from ..folders import (
     check_output_folder,
     check_writable_parent,
@@ -46,8 +46,8 @@ from ..models import (
     resolve_target_modules,
 )
 from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
-from .batching import LENGTH_COLUMN, make_collator, with_lengths  # throughput: batch layout
-from .callbacks import CheckpointMarker, HealthCallback, InterruptCallback, last_complete_checkpoint
+from .batching import LENGTH_COLUMN, LengthGroupedSampler, make_collator, with_lengths  # throughput: batch layout
+from .callbacks import RECIPE, CheckpointMarker, HealthCallback, InterruptCallback, last_complete_checkpoint
 from .dataset import PreparedData, prepare_data
 from .kernels import apply_liger  # throughput: fused kernels
 from .report import collect_metrics, plot_losses, tokens_seen_at, versions
@@ -135,6 +135,65 @@ def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
     return work, None
 
 
+# --------------------------------------------------------------------------- resume
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"logging_steps", "eval_steps", "save_steps", "save_total_limit", "cache_dir", "overwrite", "resume"}
+)
+"""Settings a resumed run may change: they decide what is logged, evaluated and kept, not what
+is learned. Every other setting must match the checkpoint's, or the result would be neither run."""
+
+
+def _recipe(cfg: LoRAFinetuneConfig) -> LoRAFinetuneConfig:
+    """The config as a recipe: run control (overwrite, resume) is about one invocation."""
+    return dataclasses.replace(cfg, overwrite=False, resume="no")
+
+
+def read_checkpoint_recipe(ckpt: Path) -> RunRecord | None:
+    path = Path(ckpt) / RECIPE
+    if not path.is_file():
+        log.warning("%s holds no recipe (written by an older version): settings cannot be compared", ckpt)
+        return None
+    try:
+        return RunRecord.load(path)
+    except LoraFinetuneError as e:
+        raise ConfigError(f"--resume: the checkpoint's recipe cannot be read: {e}") from None
+
+
+def compare_recipe(recipe: RunRecord | None, cfg: LoRAFinetuneConfig, ckpt: Path) -> list[str]:
+    """Refuse to resume with settings that change results; return notes on the harmless changes."""
+    if recipe is None:
+        return [f"resumed from {ckpt.name}, which stored no recipe: settings were not compared"]
+    old, new = recipe.config, _recipe(cfg)
+    changed = [
+        (f.name, getattr(old, f.name), getattr(new, f.name))
+        for f in dataclasses.fields(new)
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]
+    wrong = [c for c in changed if c[0] not in MAY_CHANGE_ON_RESUME]
+    if wrong:
+        lines = "\n".join(f"  - {name}: {a!r} in the checkpoint, {b!r} now" for name, a, b in wrong)
+        raise ConfigError(
+            f"--resume: {ckpt} was trained with other settings, and resuming would mix two runs:\n{lines}\n"
+            f"Resume with the checkpoint's settings (all of them are in {ckpt / RECIPE}), or start "
+            "a new run with --overwrite or another --output_dir."
+        )
+    notes = [f"resumed from {ckpt.name}"]
+    notes += [f"changed on resume: {name} {a!r} -> {b!r}" for name, a, b in changed if name not in ("resume",)]
+    for note in notes[1:]:
+        log.info(note)
+    return notes
+
+
+def _check_same_data(recipe: RunRecord, sha256: str | None, ckpt: Path | None) -> None:
+    before = recipe.resolved.data_sha256
+    if before and sha256 and before != sha256:
+        raise ConfigError(
+            f"--resume: the training data changed since {ckpt} was written (sha256 {before[:12]}... "
+            f"then, {sha256[:12]}... now). Resuming would train on two datasets; restore the data "
+            "file, or start a new run with --overwrite or another --output_dir."
+        )
+
+
 # --------------------------------------------------------------------------- the run
 def build_training_args(
     cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool, dtype: torch.dtype
@@ -202,6 +261,8 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     from transformers import set_seed
 
     work, resume_from = check_output_dir(cfg)
+    checkpoint_recipe = read_checkpoint_recipe(resume_from) if resume_from else None
+    resume_notes = compare_recipe(checkpoint_recipe, cfg, resume_from) if resume_from else []
     set_seed(cfg.seed)
 
     # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
@@ -217,12 +278,14 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     # 2. Data.
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
     data = prepare_data(cfg, tokenizer, model_type)
+    if checkpoint_recipe is not None:
+        _check_same_data(checkpoint_recipe, data.data_sha256, resume_from)
 
     # 3. Model + LoRA.
     loaded = load_model(
         model_path, dtype=cfg.dtype, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code
     )
-    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes
+    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes + resume_notes
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     model = attach_lora(model, cfg, targets)
@@ -240,7 +303,11 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
     if liger_note:
         notes.append(liger_note)
-    trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [])
+    recipe = RunRecord(
+        _recipe(cfg),
+        Resolved(model_type=model_type, template=data.template, target_modules=targets, data_sha256=data.data_sha256),
+    )
+    trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
     runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
 
     # 5. Save the self-describing folder (rank 0 only under DDP).
@@ -291,9 +358,7 @@ def _save_run(
     save_adapter(trainer, work, cfg, model_path, targets)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(work)
-        # run control (overwrite, resume) is about this invocation, not the recipe
-        recipe = dataclasses.replace(cfg, overwrite=False, resume="no")
-        RunRecord(recipe, resolved).save(work / RUN_CONFIG)
+        RunRecord(_recipe(cfg), resolved).save(work / RUN_CONFIG)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         plot_losses(trainer.state.log_history, work / LOSS_PLOT)
         write_manifest(work)  # the last write: a full disk up to here leaves the checkpoints intact
@@ -310,16 +375,18 @@ def build_trainer(
     ckpt_dir: Path,
     dtype: torch.dtype,
     callbacks: list[Any],
+    recipe: RunRecord | None = None,
 ) -> Trainer:
     from datasets import Dataset
     from transformers import Trainer
 
     args = build_training_args(cfg, ckpt_dir, bool(data.eval), dtype)
+    train_rows = with_lengths(data.train)
     # --- throughput (batching.py): collator (padding or packing) and sample lengths ---
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(with_lengths(data.train)),
+        train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
         data_collator=make_collator(
             tokenizer.pad_token_id,
@@ -329,8 +396,16 @@ def build_trainer(
             label_logits_only=cfg.label_logits_only,
         ),
         processing_class=tokenizer,
-        callbacks=[health := HealthCallback(), InterruptCallback(health), CheckpointMarker(), *callbacks],
+        callbacks=[health := HealthCallback(), InterruptCallback(health), CheckpointMarker(recipe), *callbacks],
     )
+    if args.train_sampling_strategy == "group_by_length":
+        # Trainer takes no sampler argument; its length-grouped sampler shuffles from the global
+        # RNG, which makes a resumed run differ (batching.LengthGroupedSampler says why).
+        sampler = LengthGroupedSampler(
+            [r[LENGTH_COLUMN] for r in train_rows], args.train_batch_size * args.gradient_accumulation_steps, cfg.seed
+        )
+        trainer._get_train_sampler = lambda train_dataset=None: sampler
+    return trainer
 
 
 def _callback(trainer: Trainer, kind: type[T]) -> T:
