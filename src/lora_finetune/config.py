@@ -65,8 +65,8 @@ class LoRAFinetuneConfig:
     """Peak learning rate of the optimizer."""
     batch_size: int = 2
     """Samples per device per step (TrainingArguments.per_device_train_batch_size)."""
-    steps: int = 50
-    """Optimizer steps to run (TrainingArguments.max_steps)."""
+    steps: int | None = 50
+    """Optimizer steps to run (TrainingArguments.max_steps). None when `epochs` is given."""
 
     # --- data ---
     data_path: Path | None = None
@@ -98,6 +98,9 @@ class LoRAFinetuneConfig:
     """Where converted models (bundled GGUF, ChatGLM) are cached; default ~/.cache/lora-finetune."""
 
     # --- training (TrainingArguments names) ---
+    epochs: float | None = None
+    """Passes over the training data instead of a number of steps (`num_train_epochs`); give
+    `steps` or `epochs`, not both."""
     gradient_accumulation_steps: int = 1
     """Micro-batches summed before each optimizer step."""
     warmup_ratio: float = 0.0
@@ -155,9 +158,14 @@ class LoRAFinetuneConfig:
             bad("weight_decay", "must be a finite number >= 0; use 0 (the default) or 0.01")
         if not 0 <= self.seed <= 2**32 - 1:
             bad("seed", "must be between 0 and 4294967295 (2**32 - 1)")
+        if self.steps is None and self.epochs is None:
+            bad("steps", "give a number of steps, or `epochs`")
+        if self.steps is not None and self.steps <= 0:
+            bad("steps", "must be a positive integer")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            bad("epochs", "must be a positive number of passes over the data, e.g. 3")
         for name in (
             "batch_size",
-            "steps",
             "max_length",
             "gradient_accumulation_steps",
             "logging_steps",
@@ -234,7 +242,18 @@ ALIASES = {
     "val_set_size": "eval_fraction",
     "test_size": "eval_fraction",
     "lora_target": "target_modules",
+    "lora_rank": "r",
+    "lora_target_modules": "target_modules",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "max_seq_len": "max_length",
+    "model_max_length": "max_length",
+    "learning_rate_scheduler": "lr_scheduler_type",
+    "lr_scheduler": "lr_scheduler_type",
+    "seed_value": "seed",
 }
+"""Names from TrainingArguments, peft, LLaMA-Factory and common scripts, accepted for ours. The
+config (and run_config.yaml) records our name; two spellings of one key must agree."""
 
 
 def _field_doc(name: str) -> str:
@@ -264,9 +283,9 @@ _HINTS = get_type_hints(LoRAFinetuneConfig)
 
 
 def _suggest(name: str) -> str:
-    if name in ALIASES:
-        return f"did you mean `{ALIASES[name]}`? (this tool calls `{name}` `{ALIASES[name]}`)"
-    close = difflib.get_close_matches(name, FIELD_NAMES, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, [*FIELD_NAMES, *ALIASES], n=1, cutoff=0.6)
+    if close and close[0] in ALIASES:
+        return f"did you mean `{close[0]}` (our `{ALIASES[close[0]]}`)?"
     if close:
         return f"did you mean `{close[0]}`?"
     return "see `lora-finetune train --help` for the valid keys"
@@ -381,15 +400,31 @@ def build_config(
     """Apply `values` on top of `base` (or the defaults), reporting every problem at once."""
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in values.items():
         key_n = str(key).replace("-", "_")
+        key_n = ALIASES.get(key_n, key_n)
         if key_n not in FIELD_NAMES:
             problems.append(f"unknown key `{key}`: {_suggest(key_n)}")
             continue
         try:
-            kwargs[key_n] = _coerce(key_n, value)
+            coerced = _coerce(key_n, value)
         except ValueError as e:
             problems.append(f"{key_n}={value!r}: {e}")
+            continue
+        if key_n in kwargs and kwargs[key_n] != coerced:
+            problems.append(
+                f"`{spelled[key_n]}` and `{key}` are the same setting ({key_n}) with different values "
+                f"({kwargs[key_n]!r} and {coerced!r}); keep one"
+            )
+        kwargs[key_n], spelled[key_n] = coerced, str(key)
+    if kwargs.get("epochs") is not None and "steps" not in kwargs:
+        kwargs["steps"] = None  # epochs asked for: the number of steps follows from the data
+    elif kwargs.get("epochs") is not None and kwargs.get("steps") is not None:
+        problems.append(
+            f"steps={kwargs['steps']} and epochs={kwargs['epochs']} are both given; training runs for "
+            "a number of steps or of epochs: keep one"
+        )
     cfg = dataclasses.replace(base or LoRAFinetuneConfig(), **kwargs)
     problems += cfg.validate()
     if problems:

@@ -103,3 +103,34 @@ def test_values_that_make_no_sense_are_config_errors(key, value, why):
 def test_all_value_problems_at_once():
     with pytest.raises(ConfigError, match=r"has 4 problem\(s\)"):
         load_config(None, {"learning_rate": "nan", "weight_decay": "-1", "seed": "-1", "max_grad_norm": "inf"})
+
+
+def test_names_from_other_tools_are_accepted_and_recorded_as_ours():
+    cfg = load_config(
+        None,
+        {"lora_rank": "16", "lora_alpha": "32", "lora_dropout": "0.1", "per_device_train_batch_size": "4",
+         "max_steps": "7", "cutoff_len": "256", "lora_target": "q_proj,v_proj", "learning-rate": "2e-4"},
+    )
+    assert (cfg.r, cfg.alpha, cfg.dropout, cfg.batch_size, cfg.steps, cfg.max_length) == (16, 32, 0.1, 4, 7, 256)
+    assert cfg.target_modules == ["q_proj", "v_proj"] and cfg.learning_rate == 2e-4
+    assert "lora_rank" not in cfg.to_dict() and cfg.to_dict()["r"] == 16
+
+
+def test_two_spellings_of_one_key_must_agree():
+    with pytest.raises(ConfigError, match=r"`lora_rank` and `r` are the same setting \(r\)"):
+        load_config(None, {"lora_rank": "8", "r": "16"})
+    assert load_config(None, {"lora_rank": "8", "r": "8"}).r == 8
+
+
+def test_did_you_mean_knows_the_other_spellings():
+    with pytest.raises(ConfigError, match=r"did you mean `lora_rank` \(our `r`\)"):
+        load_config(None, {"lora_rnk": "8"})
+
+
+def test_epochs_or_steps():
+    cfg = load_config(None, {"num_train_epochs": "2"})
+    assert cfg.epochs == 2.0 and cfg.steps is None
+    with pytest.raises(ConfigError, match="both given"):
+        load_config(None, {"steps": "10", "epochs": "1"})
+    with pytest.raises(ConfigError, match="positive number of passes"):
+        load_config(None, {"epochs": "0"})

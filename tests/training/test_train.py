@@ -129,3 +129,11 @@ def test_jsonl_data_and_seed_template(tiny_qwen3, tmp_path):
     # `seed` is the old name of `qa`: accepted, and recorded under the new name
     assert res.resolved.template == "qa" and len(res.resolved.data_sha256) == 64
     assert res.metrics["samples"]["train"] == 5
+
+
+def test_epochs_instead_of_steps(tiny_qwen3, tmp_path):
+    """20 demo samples, 2 held out, batch 2: 9 steps per epoch."""
+    res = train(tiny_config(tiny_qwen3, tmp_path / "run", steps=None, epochs=2, save_steps=100, eval_steps=100))
+    assert res.metrics["steps"] == 18
+    record = yaml.safe_load((res.output_dir / "run_config.yaml").read_text())
+    assert record["epochs"] == 2.0 and record["steps"] is None
