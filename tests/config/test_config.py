@@ -108,8 +108,16 @@ def test_all_value_problems_at_once():
 def test_names_from_other_tools_are_accepted_and_recorded_as_ours():
     cfg = load_config(
         None,
-        {"lora_rank": "16", "lora_alpha": "32", "lora_dropout": "0.1", "per_device_train_batch_size": "4",
-         "max_steps": "7", "cutoff_len": "256", "lora_target": "q_proj,v_proj", "learning-rate": "2e-4"},
+        {
+            "lora_rank": "16",
+            "lora_alpha": "32",
+            "lora_dropout": "0.1",
+            "per_device_train_batch_size": "4",
+            "max_steps": "7",
+            "cutoff_len": "256",
+            "lora_target": "q_proj,v_proj",
+            "learning-rate": "2e-4",
+        },
     )
     assert (cfg.r, cfg.alpha, cfg.dropout, cfg.batch_size, cfg.steps, cfg.max_length) == (16, 32, 0.1, 4, 7, 256)
     assert cfg.target_modules == ["q_proj", "v_proj"] and cfg.learning_rate == 2e-4
