@@ -89,7 +89,7 @@ class LoRAFinetuneConfig:
     lora_backend: LoraBackend = "peft"
     """`peft` (default) or `reference` (the lesson's own LoRALinear in lora_finetune/lora.py)."""
     quantization: Quantization = "none"
-    """`4bit` (NF4, QLoRA) or `8bit` base weights through bitsandbytes; needs CUDA."""
+    """`4bit` (NF4, QLoRA) or `8bit` base weights through bitsandbytes (CUDA, or CPU with fp32 compute)."""
     dtype: DType = "auto"
     """Compute dtype: `auto` is bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     trust_remote_code: bool = False

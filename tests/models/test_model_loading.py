@@ -89,13 +89,26 @@ def test_dtype_auto_on_cpu():
     assert pick_dtype("bf16") == torch.bfloat16
 
 
-def test_quantization_without_cuda_falls_back_and_records(tiny_models):
-    if torch.cuda.is_available():
-        pytest.skip("this test is about machines without CUDA")
+def test_quantization_without_bitsandbytes_falls_back_and_records(tiny_models, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     loaded = load_model(str(tiny_models["qwen3"]), quantization="4bit")
     assert loaded.quantization == "none" and loaded.dtype == torch.float32
-    assert loaded.notes and "4bit" in loaded.notes[0] and "full-precision" in loaded.notes[0]
+    assert loaded.notes and "bitsandbytes is not installed" in loaded.notes[0] and "full-precision" in loaded.notes[0]
     assert type(loaded.model).__name__ == "Qwen3ForCausalLM"
+
+
+@pytest.mark.parametrize("bits,layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_quantization_runs_on_the_cpu(tiny_models, bits, layer):
+    pytest.importorskip("bitsandbytes")
+    loaded = load_model(str(tiny_models["qwen3"]), quantization=bits)
+    assert loaded.quantization == bits and not loaded.notes
+    assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer
+    assert loaded.model.model.layers[0].self_attn.q_proj.weight.device.type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
 
 
 def test_chatglm_v1_stand_in_tree_targets_and_template():

@@ -254,15 +254,14 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "not an adapter folder" in capsys.readouterr().err
 
 
-def test_quantised_run_falls_back_to_full_precision_without_cuda(adapter, tmp_path, caplog):
-    """A run_config that says 4bit loads quantised where CUDA exists, full precision here."""
-    import torch
+def test_quantised_run_loads_quantised_again_or_falls_back(adapter, tmp_path, caplog, monkeypatch):
+    """A run_config that says 4bit loads its base in 4 bit where bitsandbytes runs (CUDA or a
+    recent bitsandbytes on the CPU), and in full precision, with a warning, where it cannot."""
+    import importlib.util
 
     from lora_finetune.folders import write_manifest
     from lora_finetune.use.inference import load_for_inference
 
-    if torch.cuda.is_available():
-        pytest.skip("this checks the CPU fallback")
     copy = tmp_path / "q4"
     shutil.copytree(adapter, copy)
     run = yaml.safe_load((copy / "run_config.yaml").read_text(encoding="utf-8"))
@@ -270,6 +269,10 @@ def test_quantised_run_falls_back_to_full_precision_without_cuda(adapter, tmp_pa
     run["resolved"]["quantization"] = "4bit"
     (copy / "run_config.yaml").write_text(yaml.safe_dump(run), encoding="utf-8")
     write_manifest(copy)
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        assert load_for_inference(copy).quantization == "4bit"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with caplog.at_level("WARNING"):
         im4 = load_for_inference(copy)
     assert im4.quantization == "none"

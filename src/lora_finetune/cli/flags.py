@@ -52,8 +52,8 @@ def load_flags(p: argparse.ArgumentParser, adapter_required: bool = True) -> Non
         p,
         "quantization",
         choices=QUANTIZATIONS,
-        help="override the base's quantisation (4bit/8bit need CUDA + bitsandbytes; without "
-        "them the base loads in full precision)",
+        help="override the base's quantisation (4bit/8bit need bitsandbytes: on CUDA, or on the CPU "
+        "with bitsandbytes >= 0.48; without it the base loads in full precision)",
     )
     opt(p, "device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
 

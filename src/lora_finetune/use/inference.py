@@ -97,8 +97,8 @@ def load_for_inference(
     """Base model + adapter, configured from the adapter folder's run_config.yaml.
 
     `base_only=True` loads the same base, template and settings without the adapter (to compare).
-    A 4-bit/8-bit run loads its base quantised again where CUDA and bitsandbytes exist, and in
-    full precision elsewhere (with a warning).
+    A 4-bit/8-bit run loads its base quantised again where bitsandbytes runs (CUDA, or the CPU
+    with a recent bitsandbytes), and in full precision elsewhere (with a warning).
     """
     folder = open_adapter(adapter_dir) if adapter_dir is not None else None
     record = folder.record if folder is not None else None

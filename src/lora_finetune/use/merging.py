@@ -201,8 +201,8 @@ def _merge(
         )
     elif asked_q in ("4bit", "8bit"):
         notes.append(
-            f"the run asked for {asked_q} but trained on full-precision weights (no "
-            f"CUDA/bitsandbytes then); merging onto the {out_dtype} base"
+            f"the run asked for {asked_q} but trained on full-precision weights "
+            f"(bitsandbytes could not run then); merging onto the {out_dtype} base"
         )
     for n in notes:
         log.info("merge: %s", n)
