@@ -18,7 +18,8 @@ STAMP := $(VENV)/.installed
 
 demo: $(STAMP)
 	$(PY) lesson1/05_lora_finetune/lora_chatglm_demo.py --model_name smollm2-135m-instruct \
-	  --output_dir outputs/demo --steps 60 --learning_rate 1e-3 --eval_steps 20 --save_steps 20 \
+	  --output_dir outputs/demo --steps 60 --learning_rate 1e-3 --eval_steps 10 --save_steps 10 \
+	  --load_best_model_at_end true \
 	  --overwrite true
 
 test: $(STAMP)

@@ -119,6 +119,13 @@ class LoRAFinetuneConfig:
     """Write a resumable checkpoint every N steps."""
     save_total_limit: int = 2
     """Keep at most this many checkpoints."""
+    load_best_model_at_end: bool = False
+    """Keep the checkpoint with the best `metric_for_best_model` (not the last) as the adapter.
+    Needs evaluation (eval_fraction > 0) and save_steps a multiple of eval_steps."""
+    metric_for_best_model: str = "eval_loss"
+    """What "best" means for load_best_model_at_end and early stopping (lower is better for losses)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement (needs load_best_model_at_end)."""
     seed: int = 42
     """Seed for data split, shuffling, LoRA initialisation and dropout."""
     gradient_checkpointing: bool = False
@@ -129,6 +136,9 @@ class LoRAFinetuneConfig:
     """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
     use_liger: LigerMode = "auto"
     """liger-kernel fused ops (no full logits): `auto` (CUDA + installed + supported arch), `true`, `false`."""
+    report_to: list[str] | str = "none"
+    """Experiment trackers, as in TrainingArguments: `none`, `tensorboard`, `wandb`, `mlflow`, ...
+    (a list for several). TensorBoard logs end up in the run's `runs/` folder."""
     label_logits_only: bool = True
     """Build output-layer logits only where the next token is learned (same loss, less work)."""
 
@@ -201,6 +211,20 @@ class LoRAFinetuneConfig:
                 "save_total_limit",
                 "keep at least 2, so that a complete checkpoint always exists while the next one is being written",
             )
+        if self.load_best_model_at_end or self.early_stopping_patience is not None:
+            if self.eval_fraction <= 0:
+                bad("load_best_model_at_end", "needs evaluation: set eval_fraction above 0, e.g. 0.1")
+            if self.save_steps % self.eval_steps:
+                bad(
+                    "save_steps",
+                    f"must be a multiple of eval_steps ({self.eval_steps}) with load_best_model_at_end, so "
+                    "every evaluated step has a checkpoint to keep",
+                )
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                bad("early_stopping_patience", "must be at least 1 evaluation")
+            if not self.load_best_model_at_end:
+                bad("early_stopping_patience", "needs load_best_model_at_end: true (it keeps the best checkpoint)")
         if isinstance(self.target_modules, list) and not self.target_modules:
             bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
         if not str(self.model_name).strip():

@@ -26,6 +26,9 @@ def _setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # bitsandbytes logs on import and per call on CPU (an optional `kernels` package it would
+    # download, dtype casts inside its int8 matmul): nothing a user of this tool acts on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # transformers' own warnings stay, its info chatter goes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

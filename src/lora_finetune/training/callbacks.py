@@ -94,6 +94,44 @@ class InterruptCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class OverfitWarning(TrainerCallback):
+    """Warn (once) when eval loss has risen for `rises` evaluations in a row while the train
+    loss fell: the adapter is memorising the training data, and the last checkpoint is the
+    worst one kept."""
+
+    def __init__(self, rises: int = 2) -> None:
+        self.rises = rises
+        self.evals: list[tuple[int, float]] = []
+        self.train: list[tuple[int, float]] = []
+        self.warning: str | None = None
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if isinstance(logs.get("loss"), (int, float)):
+            self.train.append((state.global_step, float(logs["loss"])))
+        if isinstance(logs.get("eval_loss"), (int, float)):
+            self.evals.append((state.global_step, float(logs["eval_loss"])))
+            self._check(args)
+
+    def _check(self, args: Any) -> None:
+        recent = [loss for _, loss in self.evals[-(self.rises + 1) :]]
+        if self.warning or len(recent) < self.rises + 1 or any(b <= a for a, b in zip(recent, recent[1:])):
+            return
+        start = self.evals[-(self.rises + 1)][0]
+        before = [loss for step, loss in self.train if step <= start]
+        after = [loss for step, loss in self.train if step > start]
+        if not before or not after or min(after) >= before[-1]:
+            return
+        self.warning = (
+            f"eval loss rose {self.rises} evaluations in a row ({' -> '.join(f'{x:.3f}' for x in recent)}) "
+            f"while the train loss fell to {after[-1]:.3g}: the adapter is memorising the training data"
+            + ("" if args.load_best_model_at_end else "; the last checkpoint is not the best one")
+            + ". Train fewer steps, use load_best_model_at_end: true (with early_stopping_patience), "
+            "add data, or lower the learning rate."
+        )
+        log.warning(self.warning)
+
+
 RECIPE = "recipe.yaml"
 """The run's recipe inside each checkpoint (run_config.yaml's format): `--resume` compares it."""
 

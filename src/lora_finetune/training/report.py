@@ -10,7 +10,9 @@ from typing import Any
 from .dataset import PreparedData
 
 
-def plot_losses(log_history: list[dict[str, Any]], path: Path) -> None:
+def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | None = None) -> None:
+    """Train and eval loss by step, the learning rate on a second axis, and a line at the step
+    whose weights the adapter holds (the last step, or the best with load_best_model_at_end)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,19 +20,40 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path) -> None:
 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    rates = [(h["step"], h["learning_rate"]) for h in log_history if "learning_rate" in h]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss", marker=".")
     if evals:
         ax.plot(*zip(*evals), label="eval loss", marker="o")
+    if kept_step is not None:
+        ax.axvline(kept_step, color="tab:green", linestyle="--", label=f"adapter = step {kept_step}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (answer tokens)")
     ax.set_title("LoRA fine-tuning loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if rates:
+        lr_ax = ax.twinx()
+        (line,) = lr_ax.plot(*zip(*rates), color="tab:gray", alpha=0.6, label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        handles, labels = handles + [line], labels + ["learning rate"]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def kept_step(trainer: Any) -> int:
+    """The step whose weights the saved adapter holds."""
+    best = getattr(trainer.state, "best_model_checkpoint", None)
+    if best and trainer.args.load_best_model_at_end:
+        try:
+            return int(str(best).rstrip("/").split("-")[-1])
+        except ValueError:
+            pass
+    return int(trainer.state.global_step)
 
 
 def versions() -> dict[str, str]:
@@ -82,6 +105,8 @@ def collect_metrics(
         "eval_perplexity": _perplexity(eval_loss),
         "train_runtime_s": round(runtime, 3),
         "steps": trainer.state.global_step,
+        "adapter_step": kept_step(trainer),
+        "best_metric": getattr(trainer.state, "best_metric", None) if trainer.args.load_best_model_at_end else None,
         "real_tokens_seen": tokens_seen,
         "real_tokens_per_second": round(tokens_seen / runtime, 2) if runtime > 0 else None,
         "trainable_params": trainable,
@@ -92,4 +117,4 @@ def collect_metrics(
     }
 
 
-__all__ = ["collect_metrics", "plot_losses", "tokens_seen_at", "versions"]
+__all__ = ["collect_metrics", "kept_step", "plot_losses", "tokens_seen_at", "versions"]

@@ -47,10 +47,17 @@ from ..models import (
 )
 from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
 from .batching import LENGTH_COLUMN, LengthGroupedSampler, make_collator, with_lengths  # throughput: batch layout
-from .callbacks import RECIPE, CheckpointMarker, HealthCallback, InterruptCallback, last_complete_checkpoint
+from .callbacks import (
+    RECIPE,
+    CheckpointMarker,
+    HealthCallback,
+    InterruptCallback,
+    OverfitWarning,
+    last_complete_checkpoint,
+)
 from .dataset import PreparedData, prepare_data
 from .kernels import apply_liger  # throughput: fused kernels
-from .report import collect_metrics, plot_losses, tokens_seen_at, versions
+from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
@@ -137,7 +144,7 @@ def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
 
 # --------------------------------------------------------------------------- resume
 MAY_CHANGE_ON_RESUME = frozenset(
-    {"logging_steps", "eval_steps", "save_steps", "save_total_limit", "cache_dir", "overwrite", "resume"}
+    {"logging_steps", "eval_steps", "save_steps", "save_total_limit", "cache_dir", "report_to", "overwrite", "resume"}
 )
 """Settings a resumed run may change: they decide what is logged, evaluated and kept, not what
 is learned. Every other setting must match the checkpoint's, or the result would be neither run."""
@@ -194,6 +201,27 @@ def _check_same_data(recipe: RunRecord, sha256: str | None, ckpt: Path | None) -
         )
 
 
+def check_trackers(report_to: list[str] | str) -> None:
+    """Each tracker asked for is one transformers knows and is installed (before any work)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [n for n in names if n not in ("none", "all")]
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"report_to: {', '.join(unknown)} is not a tracker transformers knows; use {', '.join(known)}."
+        )
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(
+            f"report_to: {', '.join(missing)} is not installed here; `pip install {' '.join(missing)}` "
+            "(or drop it from report_to)."
+        )
+
+
 # --------------------------------------------------------------------------- the run
 def build_training_args(
     cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool, dtype: torch.dtype
@@ -229,7 +257,10 @@ def build_training_args(
         fp16=on_gpu and dtype == torch.float16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        report_to="none",
+        report_to=cfg.report_to,
+        load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
+        metric_for_best_model=cfg.metric_for_best_model if cfg.load_best_model_at_end else None,
+        greater_is_better=None if not cfg.load_best_model_at_end else not cfg.metric_for_best_model.endswith("loss"),
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # show NaN/inf losses: HealthCallback stops on them
@@ -266,6 +297,7 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     resume_notes = compare_recipe(checkpoint_recipe, cfg, resume_from) if resume_from else []
     set_seed(cfg.seed)
 
+    check_trackers(cfg.report_to)
     # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
     #    any data is read or weights are loaded.
     model_path = resolve_model(cfg.model_name, cfg.cache_dir)
@@ -310,6 +342,9 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     )
     trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
     runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
+    overfit = _callback(trainer, OverfitWarning).warning
+    if overfit:
+        notes.append(overfit)
 
     # 5. Save the self-describing folder (rank 0 only under DDP).
     resolved = Resolved(
@@ -361,7 +396,10 @@ def _save_run(
         tokenizer.save_pretrained(work)
         RunRecord(_recipe(cfg), resolved).save(work / RUN_CONFIG)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        plot_losses(trainer.state.log_history, work / LOSS_PLOT)
+        plot_losses(trainer.state.log_history, work / LOSS_PLOT, kept_step(trainer))
+        runs = work / "checkpoints" / "runs"  # TensorBoard's folder under the Trainer's output_dir
+        if runs.is_dir():
+            shutil.move(str(runs), str(work / "runs"))
         write_manifest(work)  # the last write: a full disk up to here leaves the checkpoints intact
         # Checkpoints hold optimizer state for resuming; a finished run does not need them.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -397,7 +435,14 @@ def build_trainer(
             label_logits_only=cfg.label_logits_only,
         ),
         processing_class=tokenizer,
-        callbacks=[health := HealthCallback(), InterruptCallback(health), CheckpointMarker(recipe), *callbacks],
+        callbacks=[
+            health := HealthCallback(),
+            InterruptCallback(health),
+            CheckpointMarker(recipe),
+            OverfitWarning(),
+            *_early_stopping(cfg),
+            *callbacks,
+        ],
     )
     if args.train_sampling_strategy == "group_by_length":
         # Trainer takes no sampler argument; its length-grouped sampler shuffles from the global
@@ -407,6 +452,14 @@ def build_trainer(
         )
         trainer._get_train_sampler = lambda train_dataset=None: sampler
     return trainer
+
+
+def _early_stopping(cfg: LoRAFinetuneConfig) -> list[Any]:
+    if cfg.early_stopping_patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
 
 
 def _callback(trainer: Trainer, kind: type[T]) -> T:
