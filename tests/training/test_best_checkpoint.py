@@ -7,10 +7,11 @@ import logging
 import pytest
 from safetensors.torch import load_file
 
-from helpers import tiny_config
 from lora_finetune.errors import ConfigError
 from lora_finetune.training import train
 from lora_finetune.training.callbacks import OverfitWarning
+
+from helpers import tiny_config
 
 
 def _evals(metrics: dict) -> list[tuple[int, float]]:
@@ -35,8 +36,16 @@ def test_the_adapter_is_the_best_checkpoint_when_asked(tiny_qwen3, tmp_path):
 def test_early_stopping_stops_when_eval_loss_stops_improving(tiny_qwen3, tmp_path):
     # a learning rate too small to move the loss: no evaluation improves on the first
     res = train(
-        tiny_config(tiny_qwen3, tmp_path / "run", steps=20, eval_steps=1, save_steps=1, learning_rate=1e-12,
-                    load_best_model_at_end=True, early_stopping_patience=2)
+        tiny_config(
+            tiny_qwen3,
+            tmp_path / "run",
+            steps=20,
+            eval_steps=1,
+            save_steps=1,
+            learning_rate=1e-12,
+            load_best_model_at_end=True,
+            early_stopping_patience=2,
+        )
     )
     assert res.metrics["steps"] == 3
 
@@ -45,8 +54,16 @@ def test_best_checkpoint_settings_are_checked_together():
     from lora_finetune.config import load_config
 
     with pytest.raises(ConfigError) as e:
-        load_config(None, {"load_best_model_at_end": "true", "eval_fraction": "0", "save_steps": "3",
-                           "eval_steps": "2", "early_stopping_patience": "0"})
+        load_config(
+            None,
+            {
+                "load_best_model_at_end": "true",
+                "eval_fraction": "0",
+                "save_steps": "3",
+                "eval_steps": "2",
+                "early_stopping_patience": "0",
+            },
+        )
     msg = str(e.value)
     assert "needs evaluation" in msg and "multiple of eval_steps (2)" in msg and "at least 1" in msg
     with pytest.raises(ConfigError, match="needs load_best_model_at_end"):
@@ -71,10 +88,30 @@ def _feed(cb: OverfitWarning, logs: list[tuple[int, dict]]) -> None:
 def test_overfitting_warning(caplog):
     cb = OverfitWarning()
     with caplog.at_level(logging.WARNING, logger="lora_finetune.training.callbacks"):
-        _feed(cb, [(1, {"loss": 3.0}), (1, {"eval_loss": 3.2}), (2, {"loss": 1.0}), (2, {"eval_loss": 3.9}),
-                   (3, {"loss": 0.1}), (3, {"eval_loss": 4.1})])
+        _feed(
+            cb,
+            [
+                (1, {"loss": 3.0}),
+                (1, {"eval_loss": 3.2}),
+                (2, {"loss": 1.0}),
+                (2, {"eval_loss": 3.9}),
+                (3, {"loss": 0.1}),
+                (3, {"eval_loss": 4.1}),
+            ],
+        )
     assert cb.warning and "3.200 -> 3.900 -> 4.100" in cb.warning and "memorising" in caplog.text
     calm = OverfitWarning()  # eval loss falling, or rising while train loss rises too: no warning
-    _feed(calm, [(1, {"loss": 3.0}), (1, {"eval_loss": 3.2}), (2, {"loss": 2.0}), (2, {"eval_loss": 3.0}),
-                 (3, {"loss": 2.5}), (3, {"eval_loss": 3.1}), (4, {"loss": 2.9}), (4, {"eval_loss": 3.3})])
+    _feed(
+        calm,
+        [
+            (1, {"loss": 3.0}),
+            (1, {"eval_loss": 3.2}),
+            (2, {"loss": 2.0}),
+            (2, {"eval_loss": 3.0}),
+            (3, {"loss": 2.5}),
+            (3, {"eval_loss": 3.1}),
+            (4, {"loss": 2.9}),
+            (4, {"eval_loss": 3.3}),
+        ],
+    )
     assert calm.warning is None
