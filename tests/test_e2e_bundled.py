@@ -48,3 +48,12 @@ def test_trained_model_stops_and_answers(demo_run):
     assert stopped == len(outs), [o for o in outs if not o["stopped"]]
     assert exact >= 0.8 * len(outs), [(o["text"], r["output"]) for o, r in zip(outs, train_rows)]
     assert demo_run.metrics["final_train_loss"] < 0.1
+
+
+def test_the_adapter_names_the_bundled_model_by_its_hub_id(demo_run):
+    """peft, vLLM or another machine can find the base from adapter_config.json alone."""
+    import json
+
+    config = json.loads((demo_run.output_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "lora-finetune" in demo_run.resolved.base_model  # the record keeps the cache folder

@@ -93,7 +93,7 @@ def test_every_sample_too_long(capsys, tmp_path, tiny_qwen3):
         (["--r", "0"], ["r=0", "positive"]),
         (["--dropout", "1"], ["dropout=1.0", "[0, 1)"]),
         (["--eval_fraction", "1"], ["eval_fraction=1.0", "no training data"]),
-        (["--lora_rank", "8"], ["unknown key `lora_rank`"]),
+        (["--lora_rnk", "8"], ["unknown key `lora_rnk`", "did you mean `lora_rank` (our `r`)"]),
         (["--r", "0", "--dropout", "2", "--bogus", "1"], ["3 problem(s)"]),
     ],
 )
@@ -107,9 +107,9 @@ def test_bad_config(capsys, tmp_path, args, needles):
 
 def test_config_file_unknown_key(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("lora_alpha: 16\nmodel_name: x\n")
+    cfg.write_text("lora_alhpa: 16\nmodel_name: x\n")
     code, err = _run(capsys, ["train", "--config", str(cfg)])
-    assert code == 2 and "unknown key `lora_alpha`" in err and "`alpha`" in err and str(cfg) in err
+    assert code == 2 and "unknown key `lora_alhpa`" in err and "(our `alpha`)" in err and str(cfg) in err
 
 
 def test_model_path_missing_or_without_config(capsys, tmp_path):

@@ -48,7 +48,7 @@ def test_all_problems_reported_together(tmp_path):
         load_config(y)
     msg = str(e.value)
     assert "7 problem(s)" in msg
-    assert "unknown key `lora_r`" in msg and "`r`" in msg
+    assert "`lora_r` and `r` are the same setting (r) with different values (8 and 0)" in msg
     assert "unknown key `lerning_rate`" in msg and "did you mean `learning_rate`" in msg
     assert "r=0" in msg and "dropout=1.5" in msg and "eval_fraction=1.0" in msg
     assert "quantization='3bit'" in msg and "none, 4bit, 8bit" in msg

@@ -858,6 +858,10 @@ def test_train_and_generate_on_a_chatglm3_folder_natively(spm_folder, tmp_path, 
     assert tuple(res.resolved.target_modules) == family_for("glm").lora_targets
     assert res.resolved.template == "chat"
     assert (tmp_path / "cache" / "chatglm").is_dir()  # converted once, into the cache
+    # the adapter names the folder the user gave, not the converted cache; the record has both
+    adapter_config = json.loads((res.output_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(src)
+    assert res.resolved.base_model.startswith(str(tmp_path / "cache"))
     im = load_for_inference(res.output_dir)
     n = sp.vocab_size()
     assert {2, n + 6, n + 8} <= set(im.stop_token_ids)  # </s>, <|user|>, <|observation|>

@@ -19,6 +19,15 @@ from ..errors import LoraFinetuneError
 log = logging.getLogger(__name__)
 
 
+class _NotAboutTheRun(logging.Filter):
+    """transformers lines about its own machinery, not the user's run."""
+
+    NOISE = ("mtime may not be reliable",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
 def _setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[lora-finetune] %(message)s"))
@@ -29,6 +38,8 @@ def _setup_logging(verbose: bool = False) -> None:
     # bitsandbytes logs on import and per call on CPU (an optional `kernels` package it would
     # download, dtype casts inside its int8 matmul): nothing a user of this tool acts on.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # (A logger's filters see only its own records, so the filter goes on the logger that emits.)
+    logging.getLogger("transformers.trainer_utils").addFilter(_NotAboutTheRun())
     # transformers' own warnings stay, its info chatter goes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

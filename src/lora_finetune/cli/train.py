@@ -24,16 +24,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun/accelerate only rank 0 reports
     m = result.metrics
-    print(f"\nDone: {m['steps']} steps in {m['train_runtime_s']:.1f}s, {m['real_tokens_per_second']} real tokens/s")
-    print(
-        f"  train loss {m['final_train_loss']:.4f}"
-        + (
-            f", eval loss {m['eval_loss']:.4f} (perplexity {m['eval_perplexity']:.2f})"
-            if m.get("eval_loss") is not None
-            else ""
-        )
-    )
-    print(f"  trainable parameters: {m['trainable_params']:,} of {m['total_params']:,}")
+    # The same figures, under the same names, as metrics.json.
+    figures = [f"steps {m['steps']}", f"train_runtime_s {m['train_runtime_s']:.1f}"]
+    figures += [f"final_train_loss {m['final_train_loss']:.4f}"] if m.get("final_train_loss") is not None else []
+    figures += [f"train_loss (mean) {m['train_loss']:.4f}"] if m.get("train_loss") is not None else []
+    if m.get("eval_loss") is not None:
+        figures += [f"eval_loss {m['eval_loss']:.4f}", f"eval_perplexity {m['eval_perplexity']:.2f}"]
+    figures += [f"real_tokens_per_second {m['real_tokens_per_second']}"]
+    if m.get("adapter_step") not in (None, m["steps"]):
+        figures += [f"adapter_step {m['adapter_step']} (the best checkpoint)"]
+    print(f"\nDone (metrics.json): {', '.join(figures)}")
+    print(f"  trainable_params {m['trainable_params']:,} of total_params {m['total_params']:,}")
     print(
         f"  outputs in {result.output_dir}/: adapter_model.safetensors, adapter_config.json, "
         "tokenizer, run_config.yaml, metrics.json, loss_curve.png"

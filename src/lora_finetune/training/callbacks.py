@@ -132,6 +132,59 @@ class OverfitWarning(TrainerCallback):
         log.warning(self.warning)
 
 
+class ProgressLog(TrainerCallback):
+    """One line per logging step, numbers as numbers:
+
+    step 20/60  loss 0.4121  lr 8.0e-04  grad 1.32  |  1.9 s/step, 52 tokens/s, ~1m16s left
+    step 20/60  eval loss 3.2104
+    """
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._step0 = 0
+        self._ended = False
+
+    def on_train_begin(self, args, state, control, **kw):
+        import time
+
+        self._t0, self._step0 = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        import time
+
+        logs, total = logs or {}, state.max_steps
+        if "loss" in logs:
+            done = state.global_step - self._step0
+            elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
+            pace = ""
+            if done > 0 and elapsed > 0:
+                left = (total - state.global_step) * elapsed / done
+                pace = f"  |  {elapsed / done:.2f} s/step, ~{_duration(left)} left"
+            grad = logs.get("grad_norm")
+            log.info(
+                "step %d/%d  loss %.4f  lr %.1e%s%s",
+                state.global_step,
+                total,
+                logs["loss"],
+                logs.get("learning_rate", 0.0),
+                f"  grad {grad:.3g}" if isinstance(grad, (int, float)) else "",
+                pace,
+            )
+        if "eval_loss" in logs:
+            if self._ended:
+                log.info("eval loss of the adapter kept: %.4f", logs["eval_loss"])
+            else:
+                log.info("step %d/%d  eval loss %.4f", state.global_step, total, logs["eval_loss"])
+
+    def on_train_end(self, args, state, control, **kw):
+        self._ended = True  # the evaluation after this one is of the adapter that is saved
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 RECIPE = "recipe.yaml"
 """The run's recipe inside each checkpoint (run_config.yaml's format): `--resume` compares it."""
 

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,6 +54,7 @@ from .callbacks import (
     HealthCallback,
     InterruptCallback,
     OverfitWarning,
+    ProgressLog,
     last_complete_checkpoint,
 )
 from .dataset import PreparedData, prepare_data
@@ -73,6 +75,22 @@ class TrainResult:
     resolved: Resolved
 
 
+def portable_base_name(model_name: str) -> str:
+    """What adapter_config.json names as the base: what the user named (a hub id or their
+    folder), never our cache folder, so peft, vLLM and other machines can find it. The bundled
+    model is named by its hub id."""
+    from ..models.bundled import BUNDLED_HUB_ID, is_bundled_name
+
+    return BUNDLED_HUB_ID if is_bundled_name(model_name) else str(model_name)
+
+
+def _name_base(folder: Path, name: str) -> None:
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path: str, targets: list[str]) -> None:
     """Write the adapter in peft's format, whichever backend trained it. Call on every rank."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +101,7 @@ def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path:
             save_peft_adapter(
                 trainer.model,
                 folder,
-                base_model_name_or_path=base_path,
+                base_model_name_or_path=portable_base_name(cfg.model_name),
                 target_modules=targets,
                 r=cfg.r,
                 alpha=cfg.alpha,
@@ -95,6 +113,9 @@ def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path:
     trainer.save_model(str(folder))
     if trainer.is_world_process_zero():
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs
+        # peft writes the folder the base was loaded from (our cache for the bundled model or a
+        # converted ChatGLM); the run record keeps that, the adapter names what the user named.
+        _name_base(folder, portable_base_name(cfg.model_name))
 
 
 # --------------------------------------------------------------------------- run folder
@@ -255,8 +276,8 @@ def build_training_args(
         data_seed=cfg.seed,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **_checkpointing_args(cfg.gradient_checkpointing),
+        disable_tqdm=True,  # training/callbacks.ProgressLog logs one line per logging step instead
         report_to=cfg.report_to,
         load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
         metric_for_best_model=cfg.metric_for_best_model if cfg.load_best_model_at_end else None,
@@ -276,6 +297,21 @@ def build_training_args(
     )
 
 
+def _checkpointing_args(on: bool) -> dict[str, Any]:
+    """Activation checkpointing under the name this transformers uses (it renamed
+    `gradient_checkpointing` to `activation_checkpointing`, warning on every run otherwise)."""
+    import dataclasses as dc
+
+    from transformers import TrainingArguments
+
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in {f.name for f in dc.fields(TrainingArguments)}
+        else "gradient_checkpointing"
+    )
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
 def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
     """Run one fine-tuning job as configured and return where its outputs are.
 
@@ -285,7 +321,9 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     from contextlib import nullcontext
 
     lead = os.environ.get("RANK", "0") == "0"
-    with output_lock(Path(cfg.output_dir)) if lead else nullcontext():
+    with output_lock(Path(cfg.output_dir)) if lead else nullcontext(), warnings.catch_warnings():
+        # peft calls a transformers method deprecated in 5.x on every run: nothing for users.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return _train(cfg, callbacks)
 
 
@@ -440,10 +478,15 @@ def build_trainer(
             InterruptCallback(health),
             CheckpointMarker(recipe),
             OverfitWarning(),
+            ProgressLog(),
             *_early_stopping(cfg),
             *callbacks,
         ],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # dicts of numbers as strings; ours: one line
+        trainer.remove_callback(noisy)
     if args.train_sampling_strategy == "group_by_length":
         # Trainer takes no sampler argument; its length-grouped sampler shuffles from the global
         # RNG, which makes a resumed run differ (batching.LengthGroupedSampler says why).
