@@ -53,14 +53,20 @@ def check_reference_targets(model: nn.Module, targets: list[str]) -> None:
         )
 
 
-def attach_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
-    """peft's PeftModel around `model` with the adapter's weights (inference mode)."""
+def attach_adapter(
+    model: PreTrainedModel | PeftModel, adapter_dir: str | Path, adapter_name: str = "default"
+) -> PeftModel:
+    """peft's PeftModel around `model` with the adapter's weights (inference mode). Given a
+    PeftModel, the adapter is added to it under `adapter_name` (several adapters, one base)."""
     from peft import PeftModel
 
     with warnings.catch_warnings():
         # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+            return model
+        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
 
 
 __all__ = ["attach_adapter", "attach_lora", "check_reference_targets"]
