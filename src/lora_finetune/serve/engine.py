@@ -316,18 +316,19 @@ class _Stopper:
     """Stopping criterion: hands each row its new token; a row is done when it says so, or
     when its request is cancelled or the engine aborts."""
 
-    def __init__(self, rows: list[Row], abort: threading.Event) -> None:
+    def __init__(self, rows: list[Row], engine: Engine) -> None:
         self.rows = rows
-        self.abort = abort
+        self.engine = engine
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kw: Any) -> torch.BoolTensor:
         last = input_ids[:, -1].tolist()
-        aborting = self.abort.is_set()
+        aborting = self.engine._abort.is_set()
         for i, row in enumerate(self.rows):
             if row.done:
                 continue
             if aborting or row.job.cancelled.is_set():
                 row.done = True
+                self.engine.cancelled_rows += 1
                 row.job.emit(Finished(row.index, "cancelled", "", len(row.tokens)))
                 continue
             row.push(last[i])
@@ -358,6 +359,8 @@ class Engine:
         self._thread = threading.Thread(target=self._work, name="lora-finetune-serve", daemon=True)
         self.batches = 0
         self.batched_rows = 0
+        self.cancelled_rows = 0
+        """Rows stopped early because their client went away (or the engine aborted)."""
 
     # -------------------------------------------------------------- public
     def start(self) -> Engine:
@@ -377,7 +380,12 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            return {"waiting": len(self._queue), "running": self._busy, "batches": self.batches}
+            return {
+                "waiting": len(self._queue),
+                "running": self._busy,
+                "batches": self.batches,
+                "cancelled": self.cancelled_rows,
+            }
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work; let the current batch finish within `timeout`, then abort it."""
@@ -429,6 +437,7 @@ class Engine:
             live = [j for j in batch if not j.cancelled.is_set()]
             for j in batch:
                 if j.cancelled.is_set():
+                    self.cancelled_rows += len(j.rows)
                     j.emit(Failed("cancelled"))
             try:
                 if live:
@@ -466,7 +475,7 @@ class Engine:
             repetition_penalty=1.0,
             pad_token_id=m.pad_id,
             logits_processor=LogitsProcessorList([_Sampler(rows)]),
-            stopping_criteria=StoppingCriteriaList([_Stopper(rows, self._abort)]),
+            stopping_criteria=StoppingCriteriaList([_Stopper(rows, self)]),
         )
         for r in rows:  # generate ended (every row done, or its length limit)
             if not r.done:

@@ -7,12 +7,16 @@ seconds for the requests in flight; then the engine aborts what is left and the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import re
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +132,21 @@ def check_options(opts: ServeOptions) -> None:
         raise ServeError("--batch-window-ms and --shutdown-timeout must not be negative.")
 
 
+@contextlib.contextmanager
+def _quiet_signals() -> Iterator[None]:
+    """uvicorn handles SIGTERM/SIGINT while it runs, then raises them again with the handlers
+    it found; these make that a no-op, so the engine is closed and the command exits 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def serve(opts: ServeOptions, on_ready: Any = None) -> None:
     """Check, bind, load, serve until SIGTERM/Ctrl-C. `on_ready(url, models)` is called once the
     model is loaded (the CLI prints it)."""
@@ -159,7 +178,8 @@ def serve(opts: ServeOptions, on_ready: Any = None) -> None:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             on_ready(f"http://{shown}:{port}/v1", models)
-        server.run(sockets=[sock])
+        with _quiet_signals():
+            server.run(sockets=[sock])
     finally:
         if engine is not None:
             engine.close(timeout=5.0)
