@@ -152,6 +152,9 @@ class CompletionRequest(_Common):
         return prompts
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "ContentPart", "Message", "Tool", "ToolCall"}
+
+
 def parse(model: type[_Shape], body: Any) -> Any:
     """Validate a decoded JSON body; the first problem becomes a 400 naming its field."""
     if not isinstance(body, dict):
@@ -160,7 +163,8 @@ def parse(model: type[_Shape], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "list[", "str", "dict["))]
+        # Union branches appear in the location as type tags (`str`, `list[ContentPart]`): drop them.
+        loc = [str(x) for x in err["loc"] if "[" not in str(x) and str(x) not in _TYPE_TAGS]
         param = ".".join(loc) or None
         extra = f" ({len(e.errors())} problems)" if len(e.errors()) > 1 else ""
         raise APIError(400, f"{param or 'body'}: {err['msg']}{extra}", param=param) from None
