@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..run_record import open_adapter
 from .engine import Engine, ServeError, load_models
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ def check_adapters(adapters: list[tuple[str, Path]]) -> None:
                 f"Two adapters are named {name!r} ({seen[name]} and {path}); name them apart with --adapter NAME=DIR."
             )
         seen[name] = path
+        if not Path(path).is_dir():
+            raise ServeError(f"--adapter {name}={path}: no such folder. Point it at the output_dir of a training run.")
+        open_adapter(path)  # an adapter folder, complete (its manifest), with a readable record
 
 
 def is_loopback(host: str) -> bool:
