@@ -16,6 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 512
+"""Each assistant turn in the history costs a render of the conversation (templates/chat.py), so
+the history is bounded; a context-sized conversation fits well within it."""
+MAX_TOOLS = 128
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
 
@@ -103,6 +108,8 @@ class _Common(_Shape):
             raise APIError(400, f"stop: at most {MAX_STOP} stop sequences, got {len(stop)}.", param="stop")
         if any(not s for s in stop):
             raise APIError(400, "stop: stop sequences must not be empty strings.", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise APIError(400, f"stop: stop sequences are at most {MAX_STOP_CHARS} characters.", param="stop")
         return tuple(stop)
 
     def unsupported(self) -> None:
@@ -111,9 +118,9 @@ class _Common(_Shape):
 
 
 class ChatRequest(_Common):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
