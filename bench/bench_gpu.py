@@ -30,6 +30,9 @@ skipped and listed as such. Missing optional packages degrade: no bitsandbytes -
 skipped; no liger-kernel -> ours runs without it (logged); no datasets -> a small stand-in
 (bench/_datasets_shim.py). Results: OUT/gpu-results.json and OUT/gpu-results.md, written after
 every run so a cut-off call still returns what it measured.
+
+Last, if the budget allows, the serving rows of bench_serve.py (1/4/16 clients, with and without
+dynamic batching) on the qwen3-0.6b folder (--no-serve skips them; results in OUT/serve/).
 """
 
 from __future__ import annotations
@@ -351,6 +354,29 @@ def markdown(results: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def serve_rows(a: argparse.Namespace, folders: dict[str, Path], device: str, t_start: float) -> dict:
+    """bench_serve.py's rows (1/4/16 clients, with and without dynamic batching) on the qwen3-0.6b
+    folder, in its own process, within what is left of the time budget. Results also land in
+    OUT/serve/serve-results.{json,md}."""
+    import subprocess
+
+    left = a.budget_s - (time.perf_counter() - t_start)
+    folder = folders.get("qwen3-0.6b")
+    if folder is None or left < 120:
+        return {"skipped": "no qwen3-0.6b folder" if folder is None else f"time budget ({left:.0f} s left)"}
+    out = a.out / "serve"
+    cmd = [sys.executable, str(HERE / "bench_serve.py"), "--model", str(folder), "--device", device]
+    cmd += ["--out", str(out), "--max-tokens", "16" if a.smoke else "64"]
+    if a.smoke:
+        cmd += ["--levels", "1,4", "--requests", "4"]
+    log("serve rows ...")
+    try:
+        subprocess.run(cmd, check=True, timeout=left, stdout=subprocess.DEVNULL)
+        return json.loads((out / "serve-results.json").read_text())
+    except Exception as e:  # partial rows are still in OUT/serve
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "gpu")
@@ -365,6 +391,7 @@ def main() -> int:
     ap.add_argument(
         "--no-datasets", action="store_true", help="use the datasets stand-in even if datasets is installed (testing)"
     )
+    ap.add_argument("--no-serve", action="store_true", help="skip the serving rows (bench_serve.py) at the end")
     a = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -456,6 +483,8 @@ def main() -> int:
                 torch.cuda.empty_cache()
         results.append(r)
         save()
+    if not a.no_serve:
+        info["serve"] = serve_rows(a, folders, device, t_start)
     info["total_s"] = time.perf_counter() - t_start
     save()
     print(markdown(results, info))

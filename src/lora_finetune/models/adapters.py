@@ -82,11 +82,18 @@ def check_adapter_weights(adapter_dir: str | Path) -> None:
 
 
 def attach_adapter(
-    model: PreTrainedModel, adapter_dir: str | Path, *, trained_on: str | None = None, given: str | None = None
+    model: PreTrainedModel | PeftModel,
+    adapter_dir: str | Path,
+    adapter_name: str = "default",
+    *,
+    trained_on: str | None = None,
+    given: str | None = None,
 ) -> PeftModel:
-    """peft's PeftModel around `model` with the adapter's weights (inference mode).
+    """peft's PeftModel around `model` with the adapter's weights (inference mode). Given a
+    PeftModel, the adapter is added to it under `adapter_name` (several adapters, one base).
 
-    `trained_on` / `given` name the bases for the message when the adapter's shapes do not fit."""
+    The weights are checked (readable, finite) first; `trained_on` / `given` name the bases for
+    the message when the adapter's shapes do not fit."""
     from peft import PeftModel
 
     check_adapter_weights(adapter_dir)
@@ -94,7 +101,10 @@ def attach_adapter(
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            return PeftModel.from_pretrained(model, str(adapter_dir))
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+                return model
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise

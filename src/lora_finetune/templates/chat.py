@@ -36,7 +36,8 @@ class ChatTemplate:
         eos = [tok.eos_token] if tok.eos_token else []
         return tuple(dict.fromkeys(eos + found))
 
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool, tools: list | None = None) -> str:
+        extra = {"tools": tools} if tools else {}  # function definitions (the server's `tools`)
         return self.tokenizer.apply_chat_template(
             messages,
             tokenize=False,
@@ -44,6 +45,7 @@ class ChatTemplate:
             # Qwen3's template adds an empty <think></think> block to the generation prompt only
             # with enable_thinking=False; with it the rendered prefixes line up. Ignored elsewhere.
             enable_thinking=False,
+            **extra,
         )
 
     def _chat(self, record: dict[str, Any]) -> list[dict[str, str]]:
@@ -52,7 +54,10 @@ class ChatTemplate:
         if system:
             chat.append({"role": "system", "content": system})
         for m in record["messages"]:
-            chat.append({"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]})
+            msg = {"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]}
+            # Tool calls and tool results (OpenAI-style messages from the server) keep their fields.
+            msg.update({k: m[k] for k in _TOOL_FIELDS if m.get(k) is not None})
+            chat.append(msg)
         return chat
 
     def segments(self, record: dict[str, Any], add_generation_prompt: bool = False) -> list[Segment]:
@@ -68,10 +73,11 @@ class ChatTemplate:
             if msg["role"] == "assistant":
                 mark = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
                 answers[mark] = msg["content"]
-                gen_prompts[mark] = self._generation_prompt(masked)
+                gen_prompts[mark] = self._generation_prompt(masked, record.get("tools"))
                 msg = {**msg, "content": mark}
             masked.append(msg)
-        text = self._render(masked, add_generation_prompt)
+        tools = record.get("tools")
+        text = self._render(masked, add_generation_prompt, tools)
         pieces = _MARK_RE.split(text)
         if len(pieces) != 2 * len(answers) + 1 or any(pieces[k] not in answers for k in range(1, len(pieces), 2)):
             raise ConfigError(
@@ -96,10 +102,10 @@ class ChatTemplate:
             out.append((prompt, False))
         return out
 
-    def _generation_prompt(self, history: list[dict[str, str]]) -> str:
+    def _generation_prompt(self, history: list[dict[str, Any]], tools: list | None = None) -> str:
         """The text the template adds to `history` to ask for the next answer."""
-        asked = self._render(history, add_generation_prompt=True)
-        plain = self._render(history, add_generation_prompt=False)
+        asked = self._render(history, add_generation_prompt=True, tools=tools)
+        plain = self._render(history, add_generation_prompt=False, tools=tools)
         return asked[len(plain) :] if asked.startswith(plain) else ""
 
     def _split_turn_end(self, after: str) -> tuple[str, str]:
@@ -116,5 +122,6 @@ class ChatTemplate:
         return eos or "", after
 
 
+_TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
 _MARK_RE = re.compile(f"({_MARK_OPEN}\\d+{_MARK_CLOSE})")
