@@ -61,9 +61,12 @@ def test_corrupt_adapters(capsys, adapter, tmp_path):
     garbage = tmp_path / "garbage"
     shutil.copytree(adapter, garbage)
     weights = garbage / "adapter_model.safetensors"
-    weights.write_bytes(b"\x00" * weights.stat().st_size)  # same size: the manifest cannot tell
+    weights.write_bytes(b"\x00" * weights.stat().st_size)  # same size: the manifest's sha256 tells
     code, err = _serve(capsys, "--adapter", str(garbage), "--port", "0")
-    assert code == 2 and "Could not load adapter garbage" in err and "Traceback" not in err
+    assert code == 2 and "does not match its sha256" in err and "Traceback" not in err
+    (garbage / "manifest.json").unlink()  # no manifest: the file itself is checked
+    code, err = _serve(capsys, "--adapter", str(garbage), "--port", "0")
+    assert code == 2 and "cannot be read as safetensors" in err and "Traceback" not in err
 
 
 def test_adapters_on_different_bases_are_refused(capsys, adapter, tiny_models, tmp_path):
