@@ -28,12 +28,14 @@ LAYER = {
     "training": 5,
     "use": 5,
     "tools": 5,
+    "export": 5,
     "cli": 9,
     "__init__": 10,
     "__main__": 10,
 }
 # Same layer, still never: using an adapter needs nothing from training.
 FORBIDDEN = {("use", "training"), ("training", "use"), ("tools", "training"), ("tools", "use")}
+FORBIDDEN |= {("export", "training"), ("training", "export"), ("use", "export")}
 
 
 def _top(module: str) -> str:
