@@ -21,7 +21,7 @@ demo: $(STAMP)
 	  --output_dir outputs/demo --steps 60 --learning_rate 1e-3 --eval_steps 20 --save_steps 20 \
 	  --overwrite true
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 # The tier a developer runs while editing: everything but the end-to-end tests on the bundled
@@ -55,3 +55,16 @@ bench-cpu: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# llama.cpp for the export tests (tests/export/test_export_llamacpp.py): node-llama-cpp ships
+# prebuilt llama.cpp binaries (linux-x64 and others) as npm packages; installed once into an
+# ignored folder. Without npm the step says so and those tests skip with the reason.
+NODE_LLAMA_CPP_VERSION ?= 3.22.1
+NODE_PREFIX := build/node
+NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
+
+$(NODE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --no-save --no-audit --no-fund --ignore-scripts --prefix $(NODE_PREFIX) \
+	    node-llama-cpp@$(NODE_LLAMA_CPP_VERSION) && touch $(NODE_STAMP); \
+	else echo "npm not found: the llama.cpp export tests will be skipped (install Node.js >= 20 to run them)"; fi
