@@ -184,3 +184,35 @@ def test_output_folder_not_writable(export_adapters, tmp_path, monkeypatch):
     _no_weights(monkeypatch)
     with pytest.raises(LoraFinetuneError, match="no permission to write"):
         export_model(export_adapters["llama"], tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gpt-2", "qwen2", "llama-bpe", "smollm", "metaspace"],
+)
+def test_pre_tokenizer_names(name):
+    """The llama.cpp pre-tokenizer is named from the fast tokenizer's structure."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from lora_finetune.export.tokenizer_meta import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer_name
+
+    tok = Tokenizer(models.BPE())
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = {
+        "gpt-2": pre_tokenizers.ByteLevel(add_prefix_space=False),
+        "qwen2": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), "isolated"), bl]),
+        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"), bl]),
+        "smollm": pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        ),
+        "metaspace": pre_tokenizers.Metaspace(),
+    }[name]
+    if name == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    if name == "metaspace":
+        with pytest.raises(LoraFinetuneError, match="Supported: byte-level BPE"):
+            pre_tokenizer_name(fast)
+    else:
+        assert pre_tokenizer_name(fast) == name
