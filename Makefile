@@ -13,6 +13,10 @@ PIP    := $(PY) -m pip
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
+# node-llama-cpp (llama.cpp prebuilt) for the export tests; see the rule at the end
+NODE_LLAMA_CPP_VERSION ?= 3.22.1
+NODE_PREFIX := build/node
+NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
 
 .PHONY: demo test test-fast lint format install clean bench-cpu
 
@@ -58,10 +62,7 @@ clean:
 
 # llama.cpp for the export tests (tests/export/test_export_llamacpp.py): node-llama-cpp ships
 # prebuilt llama.cpp binaries (linux-x64 and others) as npm packages; installed once into an
-# ignored folder. Without npm the step says so and those tests skip with the reason.
-NODE_LLAMA_CPP_VERSION ?= 3.22.1
-NODE_PREFIX := build/node
-NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
+# ignored folder (variables at the top). Without npm the step says so and those tests skip.
 
 $(NODE_STAMP):
 	@if command -v npm >/dev/null 2>&1; then \
