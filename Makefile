@@ -13,6 +13,10 @@ PIP    := $(PY) -m pip
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
+# node-llama-cpp (llama.cpp prebuilt) for the export tests; see the rule at the end
+NODE_LLAMA_CPP_VERSION ?= 3.22.1
+NODE_PREFIX := build/node
+NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
 
 .PHONY: demo test test-fast lint format install clean bench-cpu
 
@@ -22,7 +26,7 @@ demo: $(STAMP)
 	  --load_best_model_at_end true \
 	  --overwrite true
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 # The tier a developer runs while editing: everything but the end-to-end tests on the bundled
@@ -56,3 +60,13 @@ bench-cpu: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# llama.cpp for the export tests (tests/export/test_export_llamacpp.py): node-llama-cpp ships
+# prebuilt llama.cpp binaries (linux-x64 and others) as npm packages; installed once into an
+# ignored folder (variables at the top). Without npm the step says so and those tests skip.
+
+$(NODE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --no-save --no-audit --no-fund --ignore-scripts --prefix $(NODE_PREFIX) \
+	    node-llama-cpp@$(NODE_LLAMA_CPP_VERSION) && touch $(NODE_STAMP); \
+	else echo "npm not found: the llama.cpp export tests will be skipped (install Node.js >= 20 to run them)"; fi

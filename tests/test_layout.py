@@ -29,13 +29,14 @@ LAYER = {
     "use": 5,
     "tools": 5,
     "serve": 5,
+    "export": 5,
     "cli": 9,
     "__init__": 10,
     "__main__": 10,
 }
 # Same layer, still never: using an adapter needs nothing from training.
 FORBIDDEN = {("use", "training"), ("training", "use"), ("tools", "training"), ("tools", "use")}
-FORBIDDEN |= {("serve", "training")}
+FORBIDDEN |= {("serve", "training"), ("export", "training"), ("training", "export"), ("use", "export")}
 
 
 def _top(module: str) -> str:

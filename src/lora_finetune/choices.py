@@ -50,6 +50,13 @@ SCHEDULERS_NEEDING_SETTINGS: dict[str, str] = {
 MERGE_DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 """Weight dtypes a merged model can be written in (no `auto`: the file needs one)."""
 
+ExportFormat = Literal["gguf", "gguf-lora", "ollama"]
+"""`export --format`: a merged GGUF, the adapter as a llama.cpp LoRA GGUF, or a GGUF + Modelfile."""
+ExportOuttype = Literal["f16", "bf16", "q8_0"]
+"""GGUF weight types `export` writes (1-D tensors such as norms stay f32, as llama.cpp's do)."""
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+EXPORT_OUTTYPES: tuple[str, ...] = get_args(ExportOuttype)
+
 TEMPLATE_ALIASES: dict[str, str] = {"seed": "qa"}
 """Old names still accepted. `seed` was the first name of the 问/答 format (it came from the
 teaching script this project grew out of); configs and run records that say `seed` keep
@@ -80,6 +87,8 @@ def parse_bool(value: object) -> bool:
 __all__ = [
     "DATA_FORMATS",
     "DTYPES",
+    "EXPORT_FORMATS",
+    "EXPORT_OUTTYPES",
     "LIGER_MODES",
     "LORA_BACKENDS",
     "LR_SCHEDULERS",

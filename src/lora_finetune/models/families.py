@@ -56,6 +56,9 @@ class Family:
     estimate_config: Callable[[dict[str, Any]], PretrainedConfig] | None = None
     """config.json contents -> the transformers config the memory estimate measures, for a
     family whose config transformers cannot build without the checkpoint's own code."""
+    gguf_arch: Mapping[str, str] = field(default_factory=dict)
+    """model_type -> llama.cpp's architecture name (gguf's MODEL_ARCH_NAMES) for `export
+    --format gguf`; a model_type missing here cannot be exported to GGUF."""
 
 
 # Layer roles of the common decoder layouts.
@@ -175,6 +178,11 @@ def layer_role(suffix: str, model_type: str | None) -> str:
     return role or f"own:{suffix}"
 
 
+def gguf_architectures() -> dict[str, str]:
+    """Every model_type `export` can write as GGUF -> its llama.cpp architecture name."""
+    return {t: a for fam in known_families() for t, a in fam.gguf_arch.items()}
+
+
 def template_name_for(name: str, tokenizer: PreTrainedTokenizerBase, model_type: str | None) -> str:
     """The template `name` stands for with this model (`auto` resolved by the family)."""
     return resolve_template_name(name, tokenizer, family_for(model_type).auto_template)
@@ -197,6 +205,7 @@ for _family in (
         layer_roles=_LLAMA_ROLES,
         # SmolLM2 (a llama) chats in ChatML; Llama 3 ends turns with <|eot_id|>.
         end_of_turn=("<|eot_id|>", *_CHATML_END),
+        gguf_arch={"llama": "llama"},
     ),
     Family(
         "qwen",
@@ -204,6 +213,7 @@ for _family in (
         _LLAMA_TARGETS,
         layer_roles=_LLAMA_ROLES,
         end_of_turn=_CHATML_END,
+        gguf_arch={"qwen2": "qwen2", "qwen3": "qwen3"},
     ),
     Family("mistral", ("mistral",), _LLAMA_TARGETS, layer_roles=_LLAMA_ROLES),
     Family("gemma", ("gemma", "gemma2"), _LLAMA_TARGETS, layer_roles=_LLAMA_ROLES, end_of_turn=("<end_of_turn>",)),
@@ -245,6 +255,7 @@ __all__ = [
     "Family",
     "LayerRole",
     "family_for",
+    "gguf_architectures",
     "known_families",
     "layer_role",
     "register_family",

@@ -1,0 +1,70 @@
+"""`export`: an adapter as files llama.cpp, Ollama and LM Studio run (GGUF, LoRA GGUF,
+Modelfile). The work is in lora_finetune/export/; this module maps flags to it and prints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..choices import EXPORT_FORMATS, EXPORT_OUTTYPES
+from .flags import opt
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ..export import export_model
+
+    hf_logging.disable_progress_bar()
+    res = export_model(
+        args.adapter,
+        args.output,
+        format=args.format,
+        outtype=args.outtype,
+        with_base=args.with_base,
+        overwrite=args.overwrite,
+        base_model=args.base_model,
+    )
+    for note in res.notes:
+        print(f"Note: {note}.")
+    print(
+        f"Exported {args.adapter} as {res.format} ({res.outtype}, llama.cpp architecture {res.architecture}, "
+        f"pre-tokenizer {res.pre_tokenizer}) -> {res.output_dir}"
+    )
+    for name in res.files:
+        print(f"  {res.output_dir / name}")
+    print(f"Stop tokens: {', '.join(res.stop_tokens)}; chat template: {res.chat_template}")
+    model = next((f for f in res.files if f.startswith(("model-", "base-"))), None)
+    lora = next((f for f in res.files if f.startswith("adapter-lora-")), None)
+    if res.ollama_command:
+        print(f"Create the Ollama model:\n  {res.ollama_command}")
+    elif lora and model:
+        print(f"Run it with llama.cpp:\n  llama-cli -m {res.output_dir / model} --lora {res.output_dir / lora}")
+    elif lora:
+        print(
+            "Run it with llama.cpp on a GGUF of the base model (--with-base writes one):\n"
+            f"  llama-cli -m BASE.gguf --lora {res.output_dir / lora}"
+        )
+    elif model:
+        print(f"Run it with llama.cpp (or open it in LM Studio):\n  llama-cli -m {res.output_dir / model}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser(
+        "export",
+        help="write the adapter for llama.cpp / Ollama / LM Studio (GGUF)",
+        description="gguf: the merged model as one GGUF (tokenizer, stop tokens and chat template in its "
+        "metadata). gguf-lora: the adapter alone as a llama.cpp LoRA GGUF (llama-cli --lora), with "
+        "--with-base also the base as GGUF. ollama: the merged GGUF and a Modelfile. Supported: "
+        "Llama, Qwen2, Qwen3 models with byte-level BPE tokenizers.",
+    )
+    opt(e, "adapter", type=Path, required=True, metavar="DIR", help="adapter folder (a training run's output_dir)")
+    opt(e, "output", type=Path, required=True, metavar="DIR", help="new folder for the exported files")
+    opt(e, "format", default="gguf", choices=EXPORT_FORMATS, help="what to write (default gguf)")
+    opt(e, "outtype", default="f16", choices=EXPORT_OUTTYPES, help="weight type in the GGUF (default f16)")
+    opt(e, "with-base", action="store_true", help="gguf-lora: also write the base model as GGUF")
+    opt(e, "overwrite", action="store_true", help="replace an existing --output folder")
+    opt(e, "base_model", metavar="NAME_OR_PATH", help="override the base in run_config.yaml")
+    e.set_defaults(func=cmd_export)
