@@ -70,7 +70,11 @@ class LoRAFinetuneConfig:
 
     # --- data ---
     data_path: Path | None = None
-    """Training data (json, jsonl, csv, parquet). None uses the 20 built-in demo samples."""
+    """Training data: a json/jsonl/csv/parquet file, a `datasets` save_to_disk folder, a hub
+    dataset id, or (with `dataset`) LLaMA-Factory's data folder. None: the 20 demo samples."""
+    dataset: str | None = None
+    """A dataset named in LLaMA-Factory's dataset_info.json (data_path: the folder holding that
+    file, their `dataset_dir`, or the file itself); its columns and tags are applied."""
     data_format: DataFormat = "auto"
     """`alpaca` (instruction/input/output), `messages` (role/content), `sharegpt` (from/value), or `auto`."""
     template: TemplateName = "auto"
@@ -225,6 +229,8 @@ class LoRAFinetuneConfig:
                 bad("early_stopping_patience", "must be at least 1 evaluation")
             if not self.load_best_model_at_end:
                 bad("early_stopping_patience", "needs load_best_model_at_end: true (it keeps the best checkpoint)")
+        if self.dataset and self.data_path is None:
+            bad("dataset", "names a dataset in dataset_info.json: set data_path to the folder holding that file")
         if isinstance(self.target_modules, list) and not self.target_modules:
             bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
         if not str(self.model_name).strip():
@@ -257,7 +263,7 @@ ALIASES = {
     "model_name_or_path": "model_name",
     "model": "model_name",
     "data": "data_path",
-    "dataset": "data_path",
+    "dataset_dir": "data_path",
     "train_file": "data_path",
     "lr": "learning_rate",
     "max_seq_length": "max_length",

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from ..choices import MERGE_DTYPES, QUANTIZATIONS
+from ..errors import ConfigError
 from .flags import opt, parse_bool_flag
 
 
@@ -256,3 +257,75 @@ def register(sub: Any) -> None:
         help="allow the model folder's own Python code (only for models you trust)",
     )
     d.set_defaults(func=cmd_modules)
+    _register_data(sub)
+
+
+# --------------------------------------------------------------------------- data
+def format_data_report(rep: Any) -> str:
+    lines = [f"{rep.label}: {rep.records} records ({', '.join(f'{n} {f}' for f, n in rep.formats.items())})"]
+    if rep.token_lengths:
+        t = rep.token_lengths
+        lines.append(
+            f"  tokens per sample (template {rep.template}): min {t['min']}, median {t['median']}, "
+            f"p95 {t['p95']}, max {t['max']}; {rep.answer_tokens:,} answer tokens learned, "
+            f"{rep.prompt_tokens:,} prompt tokens masked"
+        )
+    lines.append(
+        f"  {rep.too_long} would be dropped at max_length={rep.max_length}"
+        + (f" (raise max_length to {rep.token_lengths['max']} to keep all)" if rep.too_long else "")
+    )
+    lines.append(f"  {rep.duplicates} duplicates, {rep.multi_turn} multi-turn, {rep.no_answer} without answer tokens")
+    for i, segments in enumerate(rep.samples, start=1):
+        lines.append(f"  sample {i} (learned text in [[ ]]):")
+        text = "".join(f"[[{t}]]" if learn else t for t, learn in segments)
+        lines += ["    " + line for line in text.splitlines()]
+    return "\n".join(lines)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ..tools.datacheck import check_data, write_demo
+
+    if args.write_demo:
+        path = write_demo(args.write_demo, overwrite=args.overwrite)
+        print(f"Wrote the 20 demo samples to {path}")
+        if not args.data_path:
+            return 0
+    if not args.data_path:
+        raise ConfigError("lora-finetune data: give a data file (or folder) to check, or --write-demo FILE.")
+    rep = check_data(
+        args.data_path,
+        dataset=args.dataset,
+        data_format=args.data_format,
+        model=args.model,
+        template=args.template,
+        max_length=args.max_length,
+        show=args.show,
+    )
+    print(format_data_report(rep))
+    return 0
+
+
+def _register_data(sub: Any) -> None:
+    from ..choices import DATA_FORMATS, TEMPLATE_ALIASES, TEMPLATES
+
+    d = sub.add_parser(
+        "data",
+        help="check a dataset as training would see it (no training); write the demo data",
+        description="Read, normalise and encode a dataset with the model's tokenizer and template, "
+        "exactly as training does, and report records, formats, token lengths, what max_length "
+        "would drop, duplicates, and the first samples with the learned part marked.",
+    )
+    d.add_argument(
+        "data_path", nargs="?", help="a data file, a datasets folder, a hub dataset id, or LLaMA-Factory's data folder"
+    )
+    opt(d, "dataset", help="a dataset name in LLaMA-Factory's dataset_info.json")
+    opt(d, "data_format", default="auto", choices=DATA_FORMATS)
+    opt(
+        d, "model", default="smollm2-135m-instruct", help="whose tokenizer and template count tokens (default: bundled)"
+    )
+    opt(d, "template", default="auto", choices=[*TEMPLATES, *TEMPLATE_ALIASES])
+    opt(d, "max_length", type=int, default=768)
+    opt(d, "show", type=int, default=2, help="how many rendered samples to show (default 2)")
+    opt(d, "write_demo", metavar="FILE", help="write the 20 demo samples to FILE (.jsonl or .json)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --write-demo file")
+    d.set_defaults(func=cmd_data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .collate import PadCollator
 from .demo import build_dummy_dataset, dummy_rows
-from .formats import Record, detect_format, load_records, normalize_row, normalize_rows, records_from_rows
+from .formats import Record, detect_format, load_records, load_source, normalize_row, normalize_rows, records_from_rows
 from .readers import SUFFIXES, read_rows
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "detect_format",
     "dummy_rows",
     "load_records",
+    "load_source",
     "normalize_row",
     "normalize_rows",
     "read_rows",

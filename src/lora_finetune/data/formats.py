@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import DataError, problem_list
 from .readers import read_rows
+from .sources import read_source
 
 Record = dict[str, Any]
 
@@ -259,6 +260,15 @@ def load_records(path: Path | str, fmt: str = "auto", require_answer: bool = Tru
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add samples, one per line (JSONL) or as a JSON list.")
     return normalize_rows(rows, path, fmt, require_answer)
+
+
+def load_source(path: Path | str, fmt: str = "auto", dataset: str | None = None) -> tuple[list[Record], str]:
+    """Training records from any source (a file, a `datasets` folder, a hub dataset, a dataset
+    in LLaMA-Factory's dataset_info.json: sources.py) and the sha256 identifying the data."""
+    source = read_source(path, dataset)
+    if not source.rows:
+        raise DataError(f"{source.label}: holds no records. Add samples, one per line (JSONL) or as a JSON list.")
+    return normalize_rows(source.rows, source.label, fmt, True), source.sha256
 
 
 def records_from_rows(

@@ -6,15 +6,13 @@ the name goes into the run record so later commands use the same one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import LoRAFinetuneConfig
-from ..data import dummy_rows, load_records, records_from_rows
+from ..data import dummy_rows, load_source, records_from_rows
 from ..errors import ConfigError, DataError
 from ..models.families import template_for, template_name_for
 from ..templates import EncodeStats, encode_records
@@ -32,14 +30,6 @@ class PreparedData:
     template: str
     stats: EncodeStats
     data_sha256: str | None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -65,8 +55,7 @@ def prepare_data(
         records = records_from_rows(dummy_rows(), source="build_dummy_dataset()")
         sha = None
     else:
-        records = load_records(cfg.data_path, cfg.data_format)
-        sha = _sha256(Path(cfg.data_path))
+        records, sha = load_source(cfg.data_path, cfg.data_format, cfg.dataset)
     template_name = template_name_for(cfg.template, tokenizer, model_type)
     template = template_for(template_name, tokenizer, model_type, cfg.system_prompt)
     train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
@@ -75,7 +64,7 @@ def prepare_data(
     for k in ("total", "kept", "too_long", "no_answer_tokens", "prompt_tokens", "answer_tokens"):
         setattr(stats, k, getattr(stats, k) + getattr(eval_stats, k))
     stats.longest = max(stats.longest, eval_stats.longest)
-    where = cfg.data_path or "the demo data"
+    where = (f"{cfg.dataset} in {cfg.data_path}" if cfg.dataset else cfg.data_path) or "the demo data"
     if not train_enc:
         if stats.too_long:
             raise DataError(
