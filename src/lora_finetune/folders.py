@@ -257,7 +257,9 @@ def check_output_file(path: Path, overwrite: bool = True) -> None:
         raise FolderExistsError(f"--output {path} is a folder; give a file name such as {path / 'predictions.jsonl'}.")
     check_writable_parent(path)
     if path.exists() and not overwrite:
-        raise FolderExistsError(f"{path} already exists. Pass --overwrite to replace it, or choose another output file.")
+        raise FolderExistsError(
+            f"{path} already exists. Pass --overwrite to replace it, or choose another output file."
+        )
 
 
 def no_space_error(folder: Path, needed: int | None = None) -> LoraFinetuneError:

@@ -11,8 +11,10 @@ from lora_finetune.config import load_config
 from lora_finetune.data import load_source
 from lora_finetune.errors import ConfigError, DataError
 
-ROWS = [{"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},
-        {"instruction": "一周有几天？", "input": "", "output": "七天。"}]
+ROWS = [
+    {"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},
+    {"instruction": "一周有几天？", "input": "", "output": "七天。"},
+]
 
 
 def test_a_save_to_disk_folder_and_a_dataset_dict(tmp_path):
@@ -51,15 +53,21 @@ def test_llama_factory_alpaca_with_column_mapping(tmp_path):
     d = _lf_dir(tmp_path, {"columns": {"prompt": "q", "response": "a", "system": "sys"}}, rows)
     [rec], sha = load_source(d, dataset="mine")
     assert rec["system"] == "简短回答"
-    assert [(m["role"], m["content"]) for m in rec["messages"]] == [("user", "中国的首都是哪里？"), ("assistant", "北京。")]
+    assert [(m["role"], m["content"]) for m in rec["messages"]] == [
+        ("user", "中国的首都是哪里？"),
+        ("assistant", "北京。"),
+    ]
     [again], _ = load_source(d / "dataset_info.json", dataset="mine")  # the file itself works too
     assert again["messages"] == rec["messages"]
 
 
 def test_llama_factory_sharegpt_with_tags(tmp_path):
     rows = [{"msgs": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]}]
-    entry = {"formatting": "sharegpt", "columns": {"messages": "msgs"},
-             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
+    entry = {
+        "formatting": "sharegpt",
+        "columns": {"messages": "msgs"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
     [rec], _ = load_source(_lf_dir(tmp_path, entry, rows), dataset="mine")
     assert [(m["role"], m["content"]) for m in rec["messages"]] == [("user", "你好"), ("assistant", "你好！")]
 
@@ -77,8 +85,9 @@ def test_llama_factory_errors_name_what_exists(tmp_path):
 
 
 def test_training_on_a_llama_factory_dataset(tiny_qwen3, tmp_path):
-    from helpers import tiny_config
     from lora_finetune.training import train
+
+    from helpers import tiny_config
 
     d = _lf_dir(tmp_path, {}, ROWS * 3)
     res = train(tiny_config(tiny_qwen3, tmp_path / "run", data_path=str(d), dataset="mine", steps=1))

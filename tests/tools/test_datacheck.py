@@ -15,8 +15,14 @@ def test_report_counts_what_training_would_see(tiny_qwen3, tmp_path):
     rows = [
         {"instruction": "中国的首都是哪里？", "output": "北京。"},
         {"instruction": "中国的首都是哪里？", "output": "北京。"},  # a duplicate
-        {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
-                      {"role": "user", "content": "再见"}, {"role": "assistant", "content": "再见！" * 40}]},
+        {
+            "messages": [
+                {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "你好！"},
+                {"role": "user", "content": "再见"},
+                {"role": "assistant", "content": "再见！" * 40},
+            ]
+        },
     ]
     p = tmp_path / "d.jsonl"
     p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
