@@ -143,3 +143,28 @@ def test_chatglm_v1_stand_in_tree_targets_and_template():
         ],
     }
     assert tmpl.segments(rec) == [("你好[gMASK]", False), ("<sop>你好！<eop>", True)]
+
+
+def test_uncached_hub_id_offline_fails_at_once_naming_the_fixes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache, and HF_HUB_OFFLINE is set") as e:
+        resolve_model("someone-not-real/model-xyz")
+    assert "smollm2-135m-instruct" in str(e.value) and "--model_name PATH" in str(e.value)
+
+
+def test_unreachable_hub_is_one_probe_not_a_retry_loop(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def unreachable(self, name, timeout=None):
+        calls.append(timeout)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(ModelError, match="hub could not be reached.*HF_HUB_OFFLINE=1"):
+        resolve_model("someone-not-real/model-xyz")
+    assert calls == [10]

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="LoRA / QLoRA fine-tuning for ChatGLM and Qwen-class causal language models.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: $LORA_FINETUNE_THREADS, else torch's choice, one per core). "
+        "On a busy machine fewer threads are faster: threads that wait on each other slow small matmuls down",
+    )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for module in VERB_MODULES:
         import_module(f".{module}", __name__).register(sub)
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
+    _setup_threads(args.threads)
     if args.verb is None:
         parser.print_help()
         return 2
@@ -93,6 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _setup_threads(threads: int | None) -> None:
+    if threads is None:
+        env = os.environ.get("LORA_FINETUNE_THREADS", "").strip()
+        threads = int(env) if env.isdigit() else 0
+        if env and not env.isdigit():
+            log.warning("LORA_FINETUNE_THREADS=%r is not a number of threads; using torch's default", env)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _write_crash_log(verb: str, argv: list[str]) -> str:

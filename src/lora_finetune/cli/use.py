@@ -25,9 +25,14 @@ def _quiet_hf() -> None:
 
 
 def _load(args: argparse.Namespace, base_only: bool = False):
+    import time
+
     from ..use import load_for_inference
 
-    return load_for_inference(
+    what = args.adapter if args.adapter and not base_only else args.base_model or f"the base of {args.adapter}"
+    print(f"Loading {what} ...", file=sys.stderr, flush=True)  # a large base takes a while: say so
+    t0 = time.perf_counter()
+    im = load_for_inference(
         args.adapter,
         base_model=args.base_model,
         base_only=base_only,
@@ -36,6 +41,8 @@ def _load(args: argparse.Namespace, base_only: bool = False):
         quantization=args.quantization,
         device=args.device,
     )
+    print(f"Loaded in {time.perf_counter() - t0:.1f}s.", file=sys.stderr, flush=True)
+    return im
 
 
 def _describe(im: Any) -> str:

@@ -101,13 +101,44 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> str:
             f"Model folder {name} does not exist. Check the path, or use the bundled "
             "model with --model_name smollm2-135m-instruct."
         )
-    return name  # a hub id; loading says clearly if it is neither cached nor reachable
+    _check_hub(name)
+    return name  # a hub id, in the local cache or reachable
+
+
+def _check_hub(name: str) -> None:
+    """A hub id that is not in the local cache: fail in a second when it cannot be downloaded,
+    instead of after half a minute of retries inside from_pretrained."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a transformers dependency
+        return
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: loads offline
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        raise ModelError(
+            f"`{name}` is a hub id that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set, "
+            "so it cannot be downloaded. Use the bundled model (--model_name smollm2-135m-instruct), pass "
+            "--model_name PATH to a local model folder, or unset HF_HUB_OFFLINE where you have network access."
+        )
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name, timeout=10)
+    except Exception as e:  # no network, DNS, proxy, 404, gated: all worth one clear message
+        if type(e).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
+            raise ModelError(
+                f"`{name}` is not a model on the Hugging Face hub you can access ({type(e).__name__}). Check the "
+                "id (it is `org/name`, e.g. Qwen/Qwen3-0.6B), log in for gated models, or pass a local folder."
+            ) from None
+        raise _hub_error(name, e) from None
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
     return ModelError(
         f"Could not load `{name}`: it is not a local folder, not in the Hugging Face cache, and the "
-        f"hub could not be reached ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Use "
+        f"hub could not be reached ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}). "
+        "(Offline on purpose? Set HF_HUB_OFFLINE=1 to fail at once.) Use "
         "the bundled model (--model_name smollm2-135m-instruct), or download the model where you "
         "have network access and pass --model_name PATH to its folder."
     )
