@@ -883,3 +883,80 @@ def test_convert_chatglm_command(spm_folder, tmp_path, capsys):
     # a second run refuses to overwrite, with exit code 2 and a message
     assert main(["convert-chatglm", str(src), str(tmp_path / "native")]) == 2
     assert "already holds a finished result" in capsys.readouterr().err
+
+
+def test_adapter_exported_for_the_original_chatglm_gives_the_same_logits(spm_folder, tmp_path, monkeypatch):
+    """export-adapter --format chatglm: q/k/v LoRA fused into query_key_value (stacked A,
+    block-diagonal B, rank 3r), the rest renamed. Applied to the ORIGINAL ChatGLM weights through
+    the independent reference forward, it gives the logits the native adapter gives through the
+    converted model."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from lora_finetune.cli import main
+    from lora_finetune.training import train
+
+    from helpers import tiny_config
+
+    monkeypatch.setenv("LORA_FINETUNE_CACHE", str(tmp_path / "cache"))
+    folder, sp = spm_folder
+    cfg = config(padded_vocab_size=sp.vocab_size() + 12)
+    sd = random_state_dict(cfg)
+    src = write_checkpoint(tmp_path / "chatglm3", cfg, sd)
+    (src / "tokenizer.model").write_bytes((folder / "tokenizer.model").read_bytes())
+    res = train(tiny_config(src, tmp_path / "run", steps=3, learning_rate=5e-2))
+    assert (
+        main(
+            [
+                "export-adapter",
+                "--adapter",
+                str(res.output_dir),
+                "--format",
+                "chatglm",
+                "--output",
+                str(tmp_path / "for-chatglm"),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "for-chatglm"
+    exported = json.loads((out / "adapter_config.json").read_text())
+    r, alpha = exported["r"], exported["lora_alpha"]
+    assert exported["rank_pattern"] == {"query_key_value": 3 * r}
+    assert exported["alpha_pattern"] == {"query_key_value": 3 * alpha}
+    assert exported["target_modules"] == ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"]
+    assert exported["base_model_name_or_path"] == str(src)
+
+    # Fold the exported adapter into the original ChatGLM state dict, as peft would.
+    lora = load_file(str(out / "adapter_model.safetensors"))
+    merged = dict(sd)
+    for name, a in lora.items():
+        if ".lora_A." not in name:
+            continue
+        b = lora[name.replace(".lora_A.", ".lora_B.")]
+        target = name.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+        module = target.split(".")[-2]
+        rank = exported["rank_pattern"].get(module, r)
+        scale = exported["alpha_pattern"].get(module, alpha) / rank
+        assert a.shape[0] == rank
+        merged[target] = sd[target] + scale * (b @ a)
+    ids, mask = batch()
+    want = chatglm_forward(merged, cfg, ids, mask)
+
+    native = GlmForCausalLM.from_pretrained(res.resolved.base_model, dtype=torch.float32).eval()
+    native = PeftModel.from_pretrained(native, str(res.output_dir)).eval()
+    with torch.no_grad():
+        got = native(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    assert_same_logits(got, want, mask, atol=1e-4)
+    base = chatglm_forward(sd, cfg, ids, mask)
+    assert (want - base)[mask.bool()].abs().max() > 1e-3  # the adapter really changes the logits
+
+
+def test_export_adapter_refuses_non_chatglm_adapters(adapter, tmp_path, capsys):
+    from lora_finetune.cli import main
+
+    assert (
+        main(["export-adapter", "--adapter", str(adapter), "--format", "chatglm", "--output", str(tmp_path / "o")]) == 2
+    )
+    assert "only for those" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -68,3 +68,32 @@ def register(sub: Any) -> None:
     opt(e, "overwrite", action="store_true", help="replace an existing --output folder")
     opt(e, "base_model", metavar="NAME_OR_PATH", help="override the base in run_config.yaml")
     e.set_defaults(func=cmd_export)
+    _register_export_adapter(sub)
+
+
+# --------------------------------------------------------------------------- export-adapter
+def cmd_export_adapter(args: argparse.Namespace) -> int:
+    from ..export.chatglm_adapter import export_chatglm_adapter
+
+    res = export_chatglm_adapter(args.adapter, args.output, overwrite=args.overwrite)
+    rank = f"; query_key_value at rank {res.qkv_rank} (q, k, v fused)" if res.qkv_rank else ""
+    print(f"Wrote a ChatGLM adapter for {res.base_model} to {res.output_dir} ({', '.join(res.target_modules)}{rank})")
+    print(
+        "  load it on the original checkpoint: PeftModel.from_pretrained(AutoModel.from_pretrained("
+        f"'{res.base_model}', trust_remote_code=True), '{res.output_dir}')"
+    )
+    return 0
+
+
+def _register_export_adapter(sub: Any) -> None:
+    p = sub.add_parser(
+        "export-adapter",
+        help="rewrite an adapter for another checkpoint format (ChatGLM2/3 module names)",
+        description="An adapter trained on a converted ChatGLM2/3 (native GLM names) rewritten for the "
+        "original ChatGLM checkpoint: q/k/v LoRA fused exactly into query_key_value, the rest renamed.",
+    )
+    p.add_argument("--adapter", required=True, help="the adapter folder (output_dir of a training run)")
+    p.add_argument("--format", choices=["chatglm"], default="chatglm", help="the target format (chatglm)")
+    p.add_argument("--output", required=True, help="the folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    p.set_defaults(func=cmd_export_adapter)
