@@ -960,3 +960,38 @@ def test_export_adapter_refuses_non_chatglm_adapters(adapter, tmp_path, capsys):
     )
     assert "only for those" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_chatglm3_writes_tools_calls_and_observations(spm_folder, tmp_path):
+    """ChatGLM3's tool format from OpenAI-style records: the tool list in a system turn, the call
+    as `<|assistant|>NAME` + a tool_call(...) block (learned), the result as `<|observation|>`
+    (masked)."""
+    from lora_finetune.data import records_from_rows
+    from lora_finetune.templates import get_template
+
+    folder, _ = spm_folder
+    tok = converted(folder, "chatglm3", tmp_path)
+    weather = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    [rec] = records_from_rows(
+        [
+            {
+                "tools": [weather],
+                "messages": [
+                    {"role": "user", "content": "北京天气"},
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"name": "get_weather", "arguments": {"city": "北京"}}],
+                    },
+                    {"role": "tool", "content": "晴"},
+                    {"role": "assistant", "content": "北京晴。"},
+                ],
+            }
+        ]
+    )
+    segments = get_template("chat", tok).segments(rec)
+    text = "".join(t for t, _ in segments)
+    assert text.startswith("[gMASK]sop<|system|>\n Answer the following questions as best as you can.")
+    assert '"name": "get_weather"' in text and "<|observation|>\n 晴" in text
+    learned = [t for t, learn in segments if learn]
+    assert learned == ['get_weather\n ```python\ntool_call(city="北京")\n```</s>', "\n 北京晴。</s>"]

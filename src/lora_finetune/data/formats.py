@@ -18,6 +18,7 @@ Bad input raises `DataError` naming file, line or record, field and fix; nothing
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,11 @@ SHAREGPT_ROLES = {
     "chatgpt": "assistant",
     "bing": "assistant",
     "bard": "assistant",
+    "observation": "tool",  # a tool's result (LLaMA-Factory, ChatGLM3)
+    "tool": "tool",
+    "function_call": "function_call",  # the assistant calling a tool: value is {"name", "arguments"}
 }
-MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "tool": "tool"}
 
 
 def detect_format(row: Any, where: str, path: Path | str) -> str:
@@ -137,11 +141,15 @@ def _alpaca(row: dict, where: str, path: Any, require_answer: bool) -> Record:
             {"role": "user", "content": pair[0], "input": ""},
             {"role": "assistant", "content": pair[1], "input": ""},
         ]
+    tools = _gather(problems, _tools, row.get("tools"), f"{path}, {where}")
     _raise_all(problems)
     messages.append({"role": "user", "content": instruction, "input": inp})
     if output:
         messages.append({"role": "assistant", "content": output, "input": ""})
-    return {"system": system, "messages": messages}
+    record: Record = {"system": system, "messages": messages}
+    if tools:
+        record["tools"] = tools
+    return record
 
 
 def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> Record:
@@ -164,6 +172,7 @@ def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> 
             system = _turn(turn, k, where, path, key, role_key, text_key, roles, messages, system)
         except DataError as e:
             problems.append(str(e))
+    tools = _gather(problems, _tools, row.get("tools"), f"{path}, {where}")
     _raise_all(problems)
     if not messages:
         raise DataError(f"{path}, {where}, field `{key}`: has no user turn.")
@@ -173,7 +182,10 @@ def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> 
             "after the last user turn, so there is nothing to learn. Add the "
             "assistant's answer or delete the record."
         )
-    return {"system": system, "messages": messages}
+    record: Record = {"system": system, "messages": messages}
+    if tools:
+        record["tools"] = tools
+    return record
 
 
 def _turn(
@@ -200,20 +212,100 @@ def _turn(
     role = roles.get(raw_role.strip().lower()) if raw_role is not None else None
     if raw_role is not None and role is None:
         problems.append(f"{path}, {at}: unknown {role_key} `{raw_role}`. Use one of {', '.join(sorted(set(roles)))}.")
-    content = _gather(problems, _need_str, turn, text_key, at, path, required=True, allow_empty=role == "system")
+    calls = None
+    if role == "function_call":  # ShareGPT: the call is the turn's value, as JSON
+        role, calls = "assistant", _gather(problems, _sharegpt_call, turn.get(text_key), f"{path}, {at}")
+        content = ""
+    else:
+        if role == "assistant" and turn.get("tool_calls") is not None:
+            calls = _gather(problems, _tool_calls, turn["tool_calls"], f"{path}, {at}, field `tool_calls`")
+        empty_ok = role == "system" or (role == "assistant" and calls is not None)
+        content = _gather(problems, _need_str, turn, text_key, at, path, required=not empty_ok, allow_empty=empty_ok)
     _raise_all(problems)
     if role == "system":
         if messages:
             raise DataError(f"{path}, {at}: a system message may only come first.")
         return content
-    expected = "user" if not messages or messages[-1]["role"] == "assistant" else "assistant"
-    if role != expected:
+    previous = messages[-1] if messages else None
+    if previous is None or (previous["role"] == "assistant" and not previous.get("tool_calls")):
+        allowed = ("user",)
+    elif previous["role"] == "assistant":
+        allowed = ("tool",)  # a call is answered by its result
+    elif previous["role"] == "tool":
+        allowed = ("tool", "assistant")
+    else:
+        allowed = ("assistant",)
+    if role not in allowed:
         raise DataError(
-            f"{path}, {at}: expected a `{expected}` turn here but found "
-            f"`{role}`. Turns must alternate user, assistant, user, ..."
+            f"{path}, {at}: expected a `{' or '.join(allowed)}` turn here but found `{role}`. Turns alternate "
+            "user, assistant, user, ...; an assistant turn that calls tools is followed by their results "
+            "(`tool` / `observation` turns), then by the assistant again."
         )
-    messages.append({"role": role, "content": content, "input": ""})
+    message: dict[str, Any] = {"role": role, "content": content or "", "input": ""}
+    if calls is not None:
+        message["tool_calls"] = calls
+    if role == "tool" and isinstance(turn.get("name"), str):
+        message["name"] = turn["name"]
+    messages.append(message)
     return system
+
+
+def _function(call: Any, where: str) -> dict[str, Any]:
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        call = call["function"]
+    if not (isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"]):
+        raise DataError(
+            f'{where}: a tool call needs a `name` (and `arguments`), like {{"name": "f", "arguments": {{}}}}.'
+        )
+    args = call.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: the `arguments` of {call['name']} are not valid JSON ({e.msg}).") from None
+    if not isinstance(args, dict):
+        raise DataError(f"{where}: the `arguments` of {call['name']} must be an object of named arguments.")
+    return {"type": "function", "function": {"name": call["name"], "arguments": args}}
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise DataError(f"{where}: an empty list of tool calls; drop the field or add the call.")
+    return [_function(c, where) for c in calls]
+
+
+def _sharegpt_call(value: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f'{where}: a function_call turn\'s value must be JSON {{"name", "arguments"}} ({e.msg}).'
+            ) from None
+    return _tool_calls(value, where)
+
+
+def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
+    """A record's `tools` (a list, or its JSON text as LLaMA-Factory stores it) in OpenAI's form."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}, field `tools`: not valid JSON ({e.msg}).") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DataError(f"{where}, field `tools`: expected a list of tool (function) descriptions.")
+    out = []
+    for tool in value:
+        fn = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise DataError(f"{where}, field `tools`: every tool needs a `name` (and `parameters`).")
+        out.append({"type": "function", "function": fn})
+    return out
 
 
 def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto", require_answer: bool = True) -> Record:

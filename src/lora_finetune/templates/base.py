@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..data.collate import IGNORE_INDEX
+from ..errors import ConfigError
 
 Segment = tuple[str, bool]
 """(text, learn): a piece of the rendered conversation and whether its tokens are labels."""
@@ -42,4 +43,19 @@ def user_text(message: dict[str, Any]) -> str:
     return f"{message['content']}\n{extra}" if extra else message["content"]
 
 
-__all__ = ["IGNORE_INDEX", "Segment", "Template", "user_text"]
+def uses_tools(record: dict[str, Any]) -> bool:
+    """The record offers tools, calls one, or holds a tool's result."""
+    return bool(record.get("tools")) or any(m["role"] == "tool" or m.get("tool_calls") for m in record["messages"])
+
+
+def refuse_tools(record: dict[str, Any], template: str) -> None:
+    """Plain-text templates have no way to write tools or tool calls: say so (never drop them)."""
+    if uses_tools(record):
+        raise ConfigError(
+            f"{record.get('source', 'a record')} has tools or tool calls, which template `{template}` cannot "
+            "write. Use template: chat with a model whose chat template supports tools (Qwen2.5/Qwen3, "
+            "ChatGLM3 or GLM-4), or drop the tool turns."
+        )
+
+
+__all__ = ["IGNORE_INDEX", "Segment", "Template", "refuse_tools", "user_text", "uses_tools"]

@@ -66,18 +66,22 @@ class ChatTemplate:
         # templates that render history differently from the last turn (Qwen3 drops the
         # <think></think> block from earlier answers, so prefixes do not line up).
         chat = self._chat(record)
-        answers: dict[str, str] = {}
-        gen_prompts: dict[str, str] = {}
-        masked: list[dict[str, str]] = []
-        for i, msg in enumerate(chat):
-            if msg["role"] == "assistant":
-                mark = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
-                answers[mark] = msg["content"]
-                gen_prompts[mark] = self._generation_prompt(masked, record.get("tools"))
-                msg = {**msg, "content": mark}
-            masked.append(msg)
         tools = record.get("tools")
-        text = self._render(masked, add_generation_prompt, tools)
+        text, answers, gen_prompts = self._marked(chat, tools, add_generation_prompt, in_name=False)
+        if any(m["role"] == "assistant" and m.get("tool_calls") and not m["content"] for m in chat):
+            # A tool call without text: templates write the call after the (empty) content, some
+            # with a separator only when there is content (Qwen: "\n" + content). Then a marker
+            # in the content changes the text around it; marking the call's name instead keeps
+            # it exact. Whichever reproduces the real rendering is used.
+            real = self._render(chat, add_generation_prompt, tools)
+            if _unmark(text, answers) != real:
+                text, answers, gen_prompts = self._marked(chat, tools, add_generation_prompt, in_name=True)
+                if _unmark(text, answers) != real:
+                    raise ConfigError(
+                        "this tokenizer's chat template writes tool calls in a way whose text cannot be "
+                        "split into prompt and answer; use a chat template that writes tool calls after "
+                        "the assistant's content (Qwen2.5/Qwen3, ChatGLM3)."
+                    )
         pieces = _MARK_RE.split(text)
         if len(pieces) != 2 * len(answers) + 1 or any(pieces[k] not in answers for k in range(1, len(pieces), 2)):
             raise ConfigError(
@@ -102,6 +106,30 @@ class ChatTemplate:
             out.append((prompt, False))
         return out
 
+    def _marked(
+        self, chat: list[dict[str, Any]], tools: list | None, add_generation_prompt: bool, in_name: bool
+    ) -> tuple[str, dict[str, str], dict[str, str]]:
+        """The conversation rendered with a marker where each assistant answer is, the answers
+        by marker, and the generation prompt before each. `in_name`: a tool call without text is
+        marked at the start of its first call's name (the marker then stands for "")."""
+        answers: dict[str, str] = {}
+        gen_prompts: dict[str, str] = {}
+        masked: list[dict[str, Any]] = []
+        for i, msg in enumerate(chat):
+            if msg["role"] == "assistant":
+                mark = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
+                gen_prompts[mark] = self._generation_prompt(masked, tools)
+                if in_name and msg.get("tool_calls") and not msg["content"]:
+                    first, *rest = msg["tool_calls"]
+                    fn = first["function"]
+                    msg = {**msg, "tool_calls": [{**first, "function": {**fn, "name": mark + fn["name"]}}, *rest]}
+                    answers[mark] = ""
+                else:
+                    answers[mark] = msg["content"]
+                    msg = {**msg, "content": mark}
+            masked.append(msg)
+        return self._render(masked, add_generation_prompt, tools), answers, gen_prompts
+
     def _generation_prompt(self, history: list[dict[str, Any]], tools: list | None = None) -> str:
         """The text the template adds to `history` to ask for the next answer."""
         asked = self._render(history, add_generation_prompt=True, tools=tools)
@@ -120,6 +148,10 @@ class ChatTemplate:
             cut = after.index(eos) + len(eos)
             return after[:cut], after[cut:]
         return eos or "", after
+
+
+def _unmark(text: str, answers: dict[str, str]) -> str:
+    return _MARK_RE.sub(lambda m: answers.get(m.group(1), m.group(1)), text)
 
 
 _TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")

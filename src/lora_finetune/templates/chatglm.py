@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelError
-from .base import Segment, user_text
+from .base import Segment, refuse_tools, user_text
 
 # Both templates are prefix-stable: rendering the first k messages (with the generation prompt
 # when the next message is an answer) gives a prefix of rendering them all, which is what lets
@@ -24,19 +24,40 @@ from .base import Segment, user_text
 # with its own SentencePiece dummy prefix. The fast tokenizer gives every text run between special
 # tokens a dummy prefix too, so rendering "\n " before the content reproduces the separate encodes
 # (the chatglm3-6b repository published the same "\n " template).
+# Tools (OpenAI form, as data/formats.py normalises them) are written ChatGLM3's way: a system
+# turn listing them (after the system prompt, or with ChatGLM3's own tool prompt), the assistant's
+# call as `<|assistant|>NAME` + a ```python tool_call(...)``` block (before any text, so the call is
+# part of the learned answer), the result as `<|observation|>`.
 CHATGLM3_CHAT_TEMPLATE = (
     "{{- '[gMASK]sop' -}}"
+    "{%- set has_tools = tools is defined and tools -%}"
+    "{%- if has_tools and (not messages or messages[0]['role'] != 'system') -%}"
+    "{{- '<|system|>\\n Answer the following questions as best as you can. You have access to the following"
+    " tools:\\n' ~ (tools | map(attribute='function') | list | tojson(indent=4)) -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant', 'observation'] -%}"
+    "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}"
+    "{%- if role not in ['system', 'user', 'assistant', 'observation'] -%}"
     "{{- raise_exception('ChatGLM3 knows the roles system, user, assistant and observation, not '"
     " ~ message['role']) -}}"
     "{%- endif -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- if message['role'] == 'system' and message['tools'] is defined and message['tools'] -%}"
+    "{%- set content = message['content'] if message['content'] else '' -%}"
+    "{%- if role == 'system' and message['tools'] is defined and message['tools'] -%}"
     "{%- set content = content ~ '\\n' ~ (message['tools'] | tojson(indent=4)) -%}"
+    "{%- elif role == 'system' and loop.first and has_tools -%}"
+    "{%- set content = content ~ '\\n' ~ (tools | map(attribute='function') | list | tojson(indent=4)) -%}"
     "{%- endif -%}"
     "{%- set metadata = message['metadata'] if message['metadata'] is defined and message['metadata'] else '' -%}"
-    "{{- '<|' ~ message['role'] ~ '|>' ~ metadata ~ '\\n' -}}"
+    "{%- if role == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- set call = message['tool_calls'][0]['function'] -%}"
+    "{%- set ns = namespace(args='') -%}"
+    "{%- for key, value in call['arguments'].items() -%}"
+    "{%- set ns.args = ns.args ~ (', ' if ns.args else '') ~ key ~ '=' ~ (value | tojson) -%}"
+    "{%- endfor -%}"
+    "{%- set metadata = call['name'] -%}"
+    "{%- set content = '```python\\ntool_call(' ~ ns.args ~ ')\\n```' ~ content -%}"
+    "{%- endif -%}"
+    "{{- '<|' ~ role ~ '|>' ~ metadata ~ '\\n' -}}"
     "{%- if content -%}{{- ' ' ~ content -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
@@ -108,6 +129,7 @@ class ChatGLMV1Template:
         return (self.eos_token,)
 
     def segments(self, record: dict[str, Any], add_generation_prompt: bool = False) -> list[Segment]:
+        refuse_tools(record, self.name)
         pairs, query, answer = self._rounds(record, add_generation_prompt)
         prompt = chatglm_v1_prompt(pairs, query) + self.gmask_token
         if answer is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Segment
+from .base import Segment, refuse_tools
 
 
 def format_sample(sample: dict[str, Any]) -> str:
@@ -40,6 +40,7 @@ class QATemplate:
         return (self.eos_token,)
 
     def segments(self, record: dict[str, Any], add_generation_prompt: bool = False) -> list[Segment]:
+        refuse_tools(record, self.name)
         out: list[Segment] = []
         if record.get("system"):
             out.append((record["system"] + "\n", False))

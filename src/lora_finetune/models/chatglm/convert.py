@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the converted output changes, so `ensure_native` does not reuse stale cache entries.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: ChatGLM3 chat template writes tools, tool calls and observations
 CONVERSION_INFO = "lora_finetune_conversion.json"
 
 
