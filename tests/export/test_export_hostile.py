@@ -180,7 +180,9 @@ def test_disk_full_or_permission_denied_while_writing(export_adapters, tmp_path,
 
 
 def test_output_folder_not_writable(export_adapters, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_runner.os, "access", lambda p, mode: False)  # root ignores chmod
+    import os
+
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # root ignores chmod
     _no_weights(monkeypatch)
     with pytest.raises(LoraFinetuneError, match="no permission to write"):
         export_model(export_adapters["llama"], tmp_path / "o")
@@ -216,3 +218,13 @@ def test_pre_tokenizer_names(name):
             pre_tokenizer_name(fast)
     else:
         assert pre_tokenizer_name(fast) == name
+
+
+def test_overwrite_never_replaces_a_folder_the_tool_did_not_make(export_adapters, tmp_path, monkeypatch):
+    _no_weights(monkeypatch)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(LoraFinetuneError, match=r"did not make \(notes.txt\)"):
+        export_model(export_adapters["llama"], mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from ..choices import EXPORT_FORMATS
 from ..errors import ConfigError, LoraFinetuneError, ModelError
-from ..folders import atomic_dir, write_manifest
+from ..folders import atomic_dir, check_output_folder, output_lock, write_manifest
 from ..models import load_model, load_tokenizer, read_model_config, resolve_model, template_for
 from ..run_record import open_adapter
 from .chat_format import (
@@ -97,13 +96,9 @@ def check_output(output_dir: Path, adapter_dir: Path, overwrite: bool) -> None:
             f"--output {output_dir} overlaps the adapter folder {adapter_dir}; the export is a separate "
             "folder. Choose another --output."
         )
-    if output_dir.exists() and not overwrite:
-        raise ConfigError(f"{output_dir} already exists; pass --overwrite to replace it, or choose another --output.")
-    parent = _existing_parent(output_dir)
-    if not parent.is_dir():
-        raise ConfigError(f"--output {output_dir}: {parent} is a file, not a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {output_dir}: no permission to write in {parent}. Choose a folder you can write.")
+    # The rules every output follows: no file in the way, a writable place, and --overwrite only
+    # for a folder this tool wrote (or an empty one).
+    check_output_folder(output_dir, overwrite)
 
 
 def check_space(output_dir: Path, needed: int) -> None:
@@ -227,7 +222,7 @@ def export_model(
             "full-precision weights, never the quantised ones"
         )
     try:
-        with atomic_dir(output_dir, overwrite=overwrite) as tmp:
+        with output_lock(output_dir), atomic_dir(output_dir, overwrite=overwrite) as tmp:
             if fmt in ("gguf", "ollama"):
                 merged = weights(merge=True)
                 types[model_file] = write_model_gguf(
