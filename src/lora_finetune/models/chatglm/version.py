@@ -106,7 +106,7 @@ def chatglm_version(path_or_config: Any) -> ChatGLMVersion:
         found = probe(config, folder)
         if found is not None:
             version, evidence = found
-            log.info("ChatGLM version %s (%s)", version, evidence)
+            log.debug("ChatGLM version %s (%s)", version, evidence)  # the conversion line names it once
             return version
     where = f"the folder {folder}" if folder is not None else "the config alone"
     raise ModelError(
