@@ -51,9 +51,10 @@ def ask(adapter_dir: Path, base_only: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its import-time notes are not about us
     from lora_finetune.training import train
 
-    logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(argv):
         from lora_finetune.config import describe_fields
