@@ -125,9 +125,14 @@ class OverfitWarning(TrainerCallback):
         self.warning = (
             f"eval loss rose {self.rises} evaluations in a row ({' -> '.join(f'{x:.3f}' for x in recent)}) "
             f"while the train loss fell to {after[-1]:.3g}: the adapter is memorising the training data"
-            + ("" if args.load_best_model_at_end else "; the last checkpoint is not the best one")
-            + ". Train fewer steps, use load_best_model_at_end: true (with early_stopping_patience), "
-            "add data, or lower the learning rate."
+            + (
+                "; the best checkpoint is the one kept. To stop sooner, set early_stopping_patience; or "
+                "add data, or lower the learning rate."
+                if args.load_best_model_at_end
+                else "; the last checkpoint is not the best one. Train fewer steps, use "
+                "load_best_model_at_end: true (with early_stopping_patience), add data, or lower the "
+                "learning rate."
+            )
         )
         log.warning(self.warning)
 
