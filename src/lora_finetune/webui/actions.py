@@ -76,6 +76,10 @@ class WebUI:
         self._models: OrderedDict[tuple[str, bool], tuple[Any, threading.Lock]] = OrderedDict()
         self._models_lock = threading.Lock()
         self._shapes: dict[str, Any] = {}
+        # accelerate's init_empty_weights (the estimate's weightless model) patches torch.nn.Module
+        # for every thread while it runs, and two overlapping uses can leave it patched: a model
+        # built meanwhile gets meta tensors. So weightless and real model builds take turns.
+        self._build_lock = threading.RLock()
 
     # ------------------------------------------------------------------ names from the page
     def model_name(self, text: str) -> str:
@@ -211,8 +215,9 @@ class WebUI:
         from ..tools.estimate import GiB, Setup, estimate_memory, format_estimate, load_shape
 
         name = self.model_name(model)
-        if name not in self._shapes:
-            self._shapes[name] = load_shape(name, trust_remote_code=trust_remote_code)
+        with self._build_lock:
+            if name not in self._shapes:
+                self._shapes[name] = load_shape(name, trust_remote_code=trust_remote_code)
         dtype = settings.get("dtype") or "auto"
         setup = Setup(
             quantization=settings.get("quantization") or "none",
@@ -240,7 +245,8 @@ class WebUI:
                 return self._models[key]
             while len(self._models) >= self.max_models:
                 self._models.popitem(last=False)
-            im = load_for_inference(folder, base_only=base_only)
+            with self._build_lock:
+                im = load_for_inference(folder, base_only=base_only)
             self._models[key] = (im, threading.Lock())
             return self._models[key]
 
@@ -325,13 +331,15 @@ class WebUI:
         if kind == "merge":
             from ..use import merge
 
-            res = merge(folder, out, overwrite=overwrite)
+            with self._build_lock:
+                res = merge(folder, out, overwrite=overwrite)
             lines = [f"Merged {self.wd.relative(folder)} into {res.base_model} -> {out} ({res.dtype})"]
             lines += [f"Note: {n}" for n in res.notes]
         else:
             from ..export import export_model
 
-            exp = export_model(folder, out, format=kind, outtype=outtype, overwrite=overwrite)
+            with self._build_lock:
+                exp = export_model(folder, out, format=kind, outtype=outtype, overwrite=overwrite)
             lines = [f"Wrote {exp.format} ({exp.outtype}, {exp.architecture}) to {out}:"]
             lines += [f"  {f}" for f in exp.files]
             lines += [f"Note: {n}" for n in exp.notes]

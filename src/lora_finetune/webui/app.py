@@ -23,6 +23,7 @@ from .i18n import LANGS, state_text, t
 from .paths import Workdir
 
 log = logging.getLogger(__name__)
+EMPTY_ANSWER = "(no text: the answer held only special tokens; try temperature > 0 or train longer)"
 
 
 # --------------------------------------------------------------------------- errors
@@ -184,10 +185,21 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 system = L(gr.Textbox("", label=t("system"), elem_id="system"), "system")
                 with L(gr.Accordion(t("generation"), open=False), "generation"):
                     with gr.Row():
-                        max_new = L(gr.Slider(1, 2048, 128, step=1, label=t("max_new_tokens")), "max_new_tokens")
-                        temperature = L(gr.Slider(0, 2, 0, step=0.05, label=t("temperature")), "temperature")
-                        top_p = L(gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p")), "top_p")
-                        rep = L(gr.Slider(0.5, 2, 1.0, step=0.05, label=t("repetition_penalty")), "repetition_penalty")
+                        max_new = L(
+                            gr.Slider(1, 2048, 128, step=1, label=t("max_new_tokens"), elem_id="gen-max_new_tokens"),
+                            "max_new_tokens",
+                        )
+                        temperature = L(
+                            gr.Slider(0, 2, 0, step=0.05, label=t("temperature"), elem_id="gen-temperature"),
+                            "temperature",
+                        )
+                        top_p = L(gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"), elem_id="gen-top_p"), "top_p")
+                        rep = L(
+                            gr.Slider(
+                                0.5, 2, 1.0, step=0.05, label=t("repetition_penalty"), elem_id="gen-repetition_penalty"
+                            ),
+                            "repetition_penalty",
+                        )
                 with gr.Row():
                     chat_a = L(gr.Chatbot(label=t("chat_a"), elem_id="chat-a", height=320), "chat_a")
                     chat_b = L(gr.Chatbot(label=t("chat_b"), elem_id="chat-b", height=320), "chat_b")
@@ -250,12 +262,19 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
 
         # --- data: upload -> data/, then the check
         @friendly
-        def on_upload(file: Any) -> str:
+        def on_upload(file: Any) -> tuple[str, None]:
+            """The file lands in data/ and its path in the box; the upload widget is emptied for the next one."""
             if file is None:
-                return ""
+                return gr.skip(), None
             path = file if isinstance(file, str) else getattr(file, "name", str(file))
-            dst = ui.wd.take_upload(path, os.path.basename(getattr(file, "orig_name", "") or path))
-            return ui.wd.relative(dst)
+            try:
+                dst = ui.wd.take_upload(path, os.path.basename(getattr(file, "orig_name", "") or path))
+            finally:
+                try:  # Gradio's copy of the upload is not kept
+                    os.unlink(path)
+                except OSError:
+                    pass
+            return ui.wd.relative(dst), None
 
         @friendly
         def on_check(model_v, data_v, trust_v, *values):
@@ -271,7 +290,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             )
             return prev.stats, prev.samples
 
-        upload.upload(on_upload, upload, data).success(
+        upload.upload(on_upload, upload, [data, upload]).success(
             on_check, [model, data, trust, *setting_inputs], [stats, samples]
         )
         check.click(on_check, [model, data, trust, *setting_inputs], [stats, samples])
@@ -363,12 +382,12 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             if b:
                 hist_b.append({"role": "user", "content": msg})
             for text in ui.chat(a, prior_a, msg, gen, sys_v):
-                hist_a[-1] = {"role": "assistant", "content": text}
+                hist_a[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
                 yield hist_a, hist_b, ""
             if b:
                 hist_b.append({"role": "assistant", "content": ""})
                 for text in ui.chat(b, prior_b, msg, gen, sys_v):
-                    hist_b[-1] = {"role": "assistant", "content": text}
+                    hist_b[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
                     yield hist_a, hist_b, ""
 
         chat_inputs = [model_a, model_b, chat_a, chat_b, message, system, max_new, temperature, top_p, rep]
@@ -377,11 +396,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
         clear.click(lambda: ([], []), None, [chat_a, chat_b])
 
         # --- evaluate
-        @friendly
-        def on_eval_upload(file: Any) -> str:
-            return on_upload(file)
-
-        eval_upload.upload(on_eval_upload, eval_upload, eval_data)
+        eval_upload.upload(on_upload, eval_upload, [eval_data, eval_upload])
 
         @friendly
         def on_eval(adapter_v, data_v, mx, new, base_v, loss_v):

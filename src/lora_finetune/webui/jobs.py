@@ -66,6 +66,9 @@ class Job:
     resume: bool
     started: float = field(default_factory=time.time)
     stop_requested: bool = False
+    overlapping: bool = False
+    """Started while another run of the same name was going: the output folder's lock will most
+    likely refuse it, and the page keeps showing the run that holds the folder."""
 
     @property
     def running(self) -> bool:
@@ -159,6 +162,7 @@ class JobManager:
                     start_new_session=True,
                 )
             job = Job(name, Path(cfg.output_dir), config_path, log_path, proc, resume)
+            job.overlapping = any(j.running for j in self.jobs.get(name, []))
             self.jobs.setdefault(name, []).append(job)
             return job
 
@@ -205,7 +209,8 @@ class JobManager:
         jobs = self.jobs.get(name) or []
         if not jobs:
             return Progress(state="idle")
-        job = self.running(name) or jobs[-1]
+        main = [j for j in jobs if not j.overlapping] or jobs
+        job = self.running(name) or main[-1]
         latest = jobs[-1]
         text = job.read_log()
         prog = parse_log(text)
@@ -230,8 +235,8 @@ class JobManager:
                 if metrics.is_file():
                     prog.metrics = json.loads(metrics.read_text(encoding="utf-8"))
                     prog.step = prog.total = int(prog.metrics.get("steps") or prog.total)
-        if latest is not job and not latest.running:
-            # a later attempt ended while an earlier one runs (the output lock refused it): say so
+        if job.running and latest is not job and latest.overlapping and not latest.running:
+            # a second Start while this run holds the folder: the lock's refusal, in its words
             prog.message = closing_message(latest.read_log())
         return prog
 
