@@ -139,8 +139,8 @@ class WebUI:
         model: str,
         data: str | None,
         settings: dict[str, Any],
-        trust_remote_code: bool,
-        overwrite: bool,
+        trust_remote_code: bool = False,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         values = {k: v for k, v in settings.items() if v is not None and v != ""}
         values.update(
