@@ -249,7 +249,7 @@ def test_two_starts_close_tab_stop_and_resume(page, browser, webui_server, webui
     page2 = browser.new_page(viewport={"width": 1280, "height": 1600})
     page2.set_default_timeout(30_000)
     page2.goto(url)
-    text_in(page2, "run-name", "long")
+    expect(page2.locator("#run-name textarea")).to_have_value("long")  # the run started last
     before = int(wait_state(page2, {"running"}, min_step=1)["step"])
     wait_state(page2, {"running"}, min_step=before + 1)
 

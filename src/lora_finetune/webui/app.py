@@ -348,6 +348,8 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     msg = f"{state_text('failed', lang_v)}: {prog.message}"
             return _progress_html(prog, lang_v), _curve(prog), prog.log_tail, msg
 
+        # a reopened tab shows the run started last (training went on without it)
+        demo.load(lambda: ui.jobs.latest_name() or gr.skip(), None, run_name)
         timer.tick(on_tick, [run_name, lang, status], [progress, curve, logbox, status], show_progress="hidden")
 
         # --- chat

@@ -202,6 +202,11 @@ class JobManager:
     def names(self) -> list[str]:
         return sorted(self.jobs)
 
+    def latest_name(self) -> str | None:
+        """The run started last (what a reopened tab shows first)."""
+        every = [j for jobs in self.jobs.values() for j in jobs]
+        return max(every, key=lambda j: j.started).name if every else None
+
     # ------------------------------------------------------------------ progress
     def progress(self, name: str) -> Progress:
         """What the page shows for `name`: the running attempt (else the latest), with the loss
