@@ -3,7 +3,7 @@
 One page, used the way a person would: upload data and see the data check, train 3 steps and
 watch progress and the loss curve, chat with the result (streamed), stop / reopen / resume a
 run, switch the language, and the errors a hostile or careless user causes. Screenshots go to
-docs/ (the README shows them).
+docs/ (the README shows them) when LORA_FINETUNE_SCREENSHOTS=1.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`; `make test` installs it when run as
 root) and `pip install playwright` (no browser download: the system Chromium is used).
@@ -11,8 +11,10 @@ root) and `pip install playwright` (no browser download: the system Chromium is 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +32,13 @@ pytestmark = [
         reason="headless Chromium not found: `apt-get install -y chromium` (as root; `make test` does it)",
     ),
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The README's screenshots: refreshed with `LORA_FINETUNE_SCREENSHOTS=1` (so that an ordinary test
+# run leaves the checkout clean); otherwise they go to a scratch folder.
+DOCS = (
+    Path(__file__).resolve().parents[2] / "docs"
+    if os.environ.get("LORA_FINETUNE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "lora-finetune-webui-screenshots"
+)
 expect = playwright_api.expect
 
 
@@ -154,7 +162,7 @@ def test_upload_check_and_train(page, webui_workdir, tmp_path):
     expect(page.locator("#train-status textarea")).to_have_value(re.compile(r"Done"), timeout=10_000)
     expect(page.locator("#loss-plot canvas, #loss-plot svg.marks").first).to_be_visible(timeout=30_000)
     assert (webui_workdir / "outputs" / "first" / "adapter_model.safetensors").is_file()
-    DOCS.mkdir(exist_ok=True)
+    DOCS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS / "webui-train.png"), full_page=True)
 
 
