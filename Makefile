@@ -18,7 +18,7 @@ NODE_LLAMA_CPP_VERSION ?= 3.22.1
 NODE_PREFIX := build/node
 NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
 
-.PHONY: demo test test-fast lint format install clean bench-cpu
+.PHONY: demo test test-fast lint format install clean bench-cpu chromium
 
 demo: $(STAMP)
 	$(PY) lesson1/05_lora_finetune/lora_chatglm_demo.py --model_name smollm2-135m-instruct \
@@ -26,7 +26,7 @@ demo: $(STAMP)
 	  --load_best_model_at_end true \
 	  --overwrite true
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest -q
 
 # The tier a developer runs while editing: everything but the end-to-end tests on the bundled
@@ -70,3 +70,13 @@ $(NODE_STAMP):
 	  npm install --no-save --no-audit --no-fund --ignore-scripts --prefix $(NODE_PREFIX) \
 	    node-llama-cpp@$(NODE_LLAMA_CPP_VERSION) && touch $(NODE_STAMP); \
 	else echo "npm not found: the llama.cpp export tests will be skipped (install Node.js >= 20 to run them)"; fi
+
+# Headless Chromium for the web UI's browser tests (tests/webui/test_webui_browser.py, driven by
+# Playwright with the system browser: no `playwright install` download). Installed from Debian
+# when missing and running as root; otherwise the step says so and those tests skip.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y chromium || (apt-get update && apt-get install -y chromium) || \
+	    echo "could not install chromium: the web UI browser tests will be skipped"; \
+	else echo "chromium not found and not root: the web UI browser tests will be skipped (sudo apt-get install -y chromium to run them)"; fi

@@ -30,6 +30,7 @@ LAYER = {
     "tools": 5,
     "serve": 5,
     "export": 5,
+    "webui": 5,
     "cli": 9,
     "__init__": 10,
     "__main__": 10,
@@ -37,6 +38,8 @@ LAYER = {
 # Same layer, still never: using an adapter needs nothing from training.
 FORBIDDEN = {("use", "training"), ("training", "use"), ("tools", "training"), ("tools", "use")}
 FORBIDDEN |= {("serve", "training"), ("export", "training"), ("training", "export"), ("use", "export")}
+# The web UI runs training as a separate process (`lora-finetune train`), never in-process.
+FORBIDDEN |= {("webui", "training"), ("training", "webui")}
 
 
 def _top(module: str) -> str:

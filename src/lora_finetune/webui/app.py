@@ -1,0 +1,439 @@
+"""The page: Gradio Blocks with Train, Chat, Evaluate and Export tabs and a language switch.
+
+Every handler calls `actions.WebUI` (the package functions the CLI calls); a `LoraFinetuneError`
+becomes a readable `gr.Error` (or the status box, for a training process), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import os
+from typing import Any
+
+import gradio as gr
+
+from ..choices import DATA_FORMATS, DTYPES, EXPORT_FORMATS, EXPORT_OUTTYPES, QUANTIZATIONS, TEMPLATES
+from ..config import FIELD_DOCS
+from ..errors import LoraFinetuneError
+from .actions import ESTIMATE_FIELDS, MORE_FIELDS, TRAIN_FIELDS, WebUI, default_settings
+from .i18n import LANGS, state_text, t
+from .paths import Workdir
+
+log = logging.getLogger(__name__)
+EMPTY_ANSWER = "(no text: the answer held only special tokens; try temperature > 0 or train longer)"
+
+
+# --------------------------------------------------------------------------- errors
+def _page_error(e: BaseException) -> gr.Error:
+    if isinstance(e, LoraFinetuneError):
+        text = str(e)
+    else:  # a bug: the page says so in words, the server log keeps the traceback
+        log.error("web UI handler failed", exc_info=e)
+        first = str(e).splitlines()[0][:200] if str(e) else "no message"
+        text = (
+            f"Unexpected error ({type(e).__name__}: {first}). The traceback is in the server's log; please report it."
+        )
+    return gr.Error(html.escape(text).replace("\n", "<br>"), duration=None, print_exception=False)
+
+
+def friendly(fn):
+    """Turn the package's errors into a message on the page (functions and generators)."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args, **kw):
+            try:
+                yield from fn(*args, **kw)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise _page_error(e) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise _page_error(e) from None
+
+    return call
+
+
+# --------------------------------------------------------------------------- settings widgets
+def _setting(name: str, value: Any) -> gr.components.Component:
+    info = " ".join(FIELD_DOCS.get(name, "").split())
+    choices = {
+        "template": TEMPLATES,
+        "quantization": QUANTIZATIONS,
+        "dtype": DTYPES,
+        "data_format": DATA_FORMATS,
+    }.get(name)
+    kw = dict(label=name, info=info, elem_id=f"set-{name}")
+    if choices:
+        return gr.Dropdown(list(choices), value=value, **kw)
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, **kw)
+    if isinstance(value, int) or name in ("steps",):
+        return gr.Number(value=value, precision=0, **kw)
+    if isinstance(value, float):
+        return gr.Number(value=value, **kw)
+    return gr.Textbox(value=value or "", **kw)
+
+
+def _progress_html(prog: Any, lang: str) -> str:
+    pct = int(round(100 * prog.fraction))
+    eta = f" · ETA {prog.eta}" if prog.eta and prog.state == "running" else ""
+    steps = f"step {prog.step}/{prog.total} ({pct}%)" if prog.total else ""
+    return (
+        f'<div id="train-progress-state" data-state="{prog.state}" data-step="{prog.step}" data-total="{prog.total}">'
+        f"<b>{html.escape(state_text(prog.state, lang))}</b> {steps}{eta}"
+        f'<div style="background:#eee;height:10px;border-radius:5px;margin-top:4px">'
+        f'<div style="background:#f97316;height:10px;border-radius:5px;width:{pct}%"></div></div></div>'
+    )
+
+
+def _curve(prog: Any):
+    import pandas as pd
+
+    rows = [(s, v, "train") for s, v in prog.train] + [(s, v, "eval") for s, v in prog.eval]
+    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+# --------------------------------------------------------------------------- the page
+def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
+    ui = ui or WebUI(workdir)
+    defaults = default_settings()
+    labeled: list[tuple[Any, str, str]] = []  # (component, label key, attribute to set)
+
+    def L(comp: Any, key: str, attr: str = "label") -> Any:
+        labeled.append((comp, key, attr))
+        return comp
+
+    with gr.Blocks(title="lora-finetune") as demo:
+        with gr.Row():
+            title = gr.Markdown(t("title"))
+            lang = gr.Radio(list(LANGS), value="English", label=t("language"), elem_id="lang", scale=0)
+        intro = gr.Markdown(t("intro").format(root=workdir.root))
+
+        with gr.Tabs():
+            # ------------------------------------------------------------- train
+            with L(gr.Tab(t("tab_train"), id="train", elem_id="tab-train"), "tab_train"):
+                with gr.Row():
+                    model = L(gr.Textbox("smollm2-135m-instruct", label=t("model"), elem_id="model"), "model")
+                    run_name = L(gr.Textbox("my-run", label=t("run_name"), elem_id="run-name"), "run_name")
+                    trust = L(gr.Checkbox(False, label=t("trust_remote_code"), elem_id="trust"), "trust_remote_code")
+                with gr.Row():
+                    upload = L(
+                        gr.File(
+                            label=t("upload"), file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="upload"
+                        ),
+                        "upload",
+                    )
+                    with gr.Column():
+                        data = L(gr.Textbox("", label=t("data_path"), elem_id="data-path"), "data_path")
+                        check = L(gr.Button(t("check_data"), elem_id="check-data"), "check_data", "value")
+                stats = L(
+                    gr.Textbox(label=t("data_stats"), lines=3, interactive=False, elem_id="data-stats"), "data_stats"
+                )
+                samples = L(
+                    gr.HighlightedText(
+                        label=t("samples"), color_map={"learned": "green"}, combine_adjacent=True, elem_id="samples"
+                    ),
+                    "samples",
+                )
+                settings: dict[str, Any] = {}
+                with L(gr.Accordion(t("settings"), open=True), "settings"):
+                    with gr.Row():
+                        for name in TRAIN_FIELDS:
+                            settings[name] = _setting(name, defaults[name])
+                with L(gr.Accordion(t("more_settings"), open=False), "more_settings"):
+                    with gr.Row():
+                        for name in MORE_FIELDS:
+                            settings[name] = _setting(name, defaults[name])
+                estimate = L(
+                    gr.Textbox(label=t("estimate"), lines=3, interactive=False, elem_id="estimate"), "estimate"
+                )
+                with gr.Row():
+                    overwrite = L(gr.Checkbox(False, label=t("overwrite"), elem_id="overwrite"), "overwrite")
+                    start = L(gr.Button(t("start"), variant="primary", elem_id="start"), "start", "value")
+                    stop = L(gr.Button(t("stop"), variant="stop", elem_id="stop"), "stop", "value")
+                    resume = L(gr.Button(t("resume"), elem_id="resume"), "resume", "value")
+                status = L(gr.Textbox(label=t("status"), lines=2, interactive=False, elem_id="train-status"), "status")
+                progress = gr.HTML(_progress_html(ui.jobs.progress(""), "English"), elem_id="train-progress")
+                curve = L(
+                    gr.LinePlot(x="step", y="loss", color="split", label=t("loss_curve"), elem_id="loss-plot"),
+                    "loss_curve",
+                )
+                logbox = L(
+                    gr.Textbox(label=t("log"), lines=10, max_lines=20, interactive=False, elem_id="train-log"), "log"
+                )
+                timer = gr.Timer(1.0)
+
+            # ------------------------------------------------------------- chat
+            with L(gr.Tab(t("tab_chat"), id="chat", elem_id="tab-chat"), "tab_chat"):
+                with gr.Row():
+                    model_a = L(gr.Dropdown([], label=t("model_a"), elem_id="model-a"), "model_a")
+                    model_b = L(gr.Dropdown([], label=t("model_b"), elem_id="model-b"), "model_b")
+                    refresh = L(gr.Button(t("refresh"), elem_id="refresh-models", scale=0), "refresh", "value")
+                system = L(gr.Textbox("", label=t("system"), elem_id="system"), "system")
+                with L(gr.Accordion(t("generation"), open=False), "generation"):
+                    with gr.Row():
+                        max_new = L(
+                            gr.Slider(1, 2048, 128, step=1, label=t("max_new_tokens"), elem_id="gen-max_new_tokens"),
+                            "max_new_tokens",
+                        )
+                        temperature = L(
+                            gr.Slider(0, 2, 0, step=0.05, label=t("temperature"), elem_id="gen-temperature"),
+                            "temperature",
+                        )
+                        top_p = L(gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"), elem_id="gen-top_p"), "top_p")
+                        rep = L(
+                            gr.Slider(
+                                0.5, 2, 1.0, step=0.05, label=t("repetition_penalty"), elem_id="gen-repetition_penalty"
+                            ),
+                            "repetition_penalty",
+                        )
+                with gr.Row():
+                    chat_a = L(gr.Chatbot(label=t("chat_a"), elem_id="chat-a", height=320), "chat_a")
+                    chat_b = L(gr.Chatbot(label=t("chat_b"), elem_id="chat-b", height=320), "chat_b")
+                with gr.Row():
+                    message = L(gr.Textbox("", label=t("message"), elem_id="message", scale=4), "message")
+                    send = L(gr.Button(t("send"), variant="primary", elem_id="send", scale=0), "send", "value")
+                    clear = L(gr.Button(t("clear"), elem_id="clear", scale=0), "clear", "value")
+
+            # ------------------------------------------------------------- evaluate
+            with L(gr.Tab(t("tab_eval"), id="eval", elem_id="tab-eval"), "tab_eval"):
+                with gr.Row():
+                    eval_adapter = L(gr.Dropdown([], label=t("adapter"), elem_id="eval-adapter"), "adapter")
+                    eval_data = L(gr.Textbox("", label=t("eval_data"), elem_id="eval-data"), "eval_data")
+                    eval_upload = L(
+                        gr.File(label=t("eval_upload"), file_types=[".jsonl", ".json", ".csv", ".parquet"]),
+                        "eval_upload",
+                    )
+                with gr.Row():
+                    eval_max = L(gr.Number(0, precision=0, label=t("max_samples")), "max_samples")
+                    eval_new = L(gr.Number(64, precision=0, label=t("max_new_tokens")), "max_new_tokens")
+                    eval_base = L(gr.Checkbox(False, label=t("compare_base")), "compare_base")
+                    eval_loss = L(gr.Checkbox(False, label=t("loss_only")), "loss_only")
+                    run_eval = L(gr.Button(t("run_eval"), variant="primary", elem_id="run-eval"), "run_eval", "value")
+                eval_metrics = L(gr.Dataframe(label=t("metrics"), elem_id="eval-metrics"), "metrics")
+                eval_worst = L(
+                    gr.Dataframe(
+                        headers=["question", "reference", "prediction", "rouge-l"],
+                        label=t("worst"),
+                        elem_id="eval-worst",
+                    ),
+                    "worst",
+                )
+                eval_report = gr.Textbox(label="report", interactive=False, elem_id="eval-report")
+
+            # ------------------------------------------------------------- export
+            with L(gr.Tab(t("tab_export"), id="export", elem_id="tab-export"), "tab_export"):
+                with gr.Row():
+                    exp_adapter = L(gr.Dropdown([], label=t("adapter"), elem_id="export-adapter"), "adapter")
+                    exp_kind = L(
+                        gr.Radio(["merge", *EXPORT_FORMATS], value="merge", label=t("export_kind")), "export_kind"
+                    )
+                    exp_outtype = L(gr.Dropdown(list(EXPORT_OUTTYPES), value="f16", label=t("outtype")), "outtype")
+                with gr.Row():
+                    exp_name = L(gr.Textbox("merged", label=t("export_name"), elem_id="export-name"), "export_name")
+                    exp_over = L(gr.Checkbox(False, label=t("overwrite")), "overwrite")
+                    run_exp = L(
+                        gr.Button(t("run_export"), variant="primary", elem_id="run-export"), "run_export", "value"
+                    )
+                exp_result = L(
+                    gr.Textbox(label=t("export_result"), lines=6, interactive=False, elem_id="export-result"),
+                    "export_result",
+                )
+
+        # ================================================================= handlers
+        names = list(settings)
+        setting_inputs = [settings[n] for n in names]
+
+        def collect(values: tuple) -> dict[str, Any]:
+            return dict(zip(names, values))
+
+        # --- data: upload -> data/, then the check
+        @friendly
+        def on_upload(file: Any) -> tuple[str, None]:
+            """The file lands in data/ and its path in the box; the upload widget is emptied for the next one."""
+            if file is None:
+                return gr.skip(), None
+            path = file if isinstance(file, str) else getattr(file, "name", str(file))
+            try:
+                dst = ui.wd.take_upload(path, os.path.basename(getattr(file, "orig_name", "") or path))
+            finally:
+                try:  # Gradio's copy of the upload is not kept
+                    os.unlink(path)
+                except OSError:
+                    pass
+            return ui.wd.relative(dst), None
+
+        @friendly
+        def on_check(model_v, data_v, trust_v, *values):
+            s = collect(values)
+            prev = ui.data_preview(
+                model_v,
+                data_v,
+                template=s.get("template") or "auto",
+                system_prompt=s.get("system_prompt") or None,
+                max_length=int(s.get("max_length") or 768),
+                data_format=s.get("data_format") or "auto",
+                trust_remote_code=trust_v,
+            )
+            return prev.stats, prev.samples
+
+        upload.upload(on_upload, upload, [data, upload]).success(
+            on_check, [model, data, trust, *setting_inputs], [stats, samples]
+        )
+        check.click(on_check, [model, data, trust, *setting_inputs], [stats, samples])
+
+        # --- estimate, live
+        def on_estimate(model_v, trust_v, *values):
+            try:
+                return ui.estimate(model_v, collect(values), trust_remote_code=trust_v)
+            except LoraFinetuneError as e:  # typed half-way: the box says why, no pop-up
+                return f"(no estimate: {e})"
+            except Exception as e:
+                log.debug("estimate failed", exc_info=e)
+                return f"(no estimate: {type(e).__name__}: {e})"
+
+        est_inputs = [model, trust, *setting_inputs]
+        for comp in [model, *(settings[n] for n in ESTIMATE_FIELDS)]:
+            comp.change(on_estimate, est_inputs, estimate, show_progress="hidden")
+        demo.load(on_estimate, est_inputs, estimate, show_progress="hidden")
+
+        # --- start / stop / resume, and the view of the run
+        @friendly
+        def on_start(name_v, model_v, data_v, trust_v, over_v, lang_v, *values):
+            job = ui.start(name_v, model_v, data_v, collect(values), trust_remote_code=trust_v, overwrite=over_v)
+            where = f"{ui.wd.relative(job.output_dir)} (log {ui.wd.relative(job.log_path)})"
+            return f"{state_text('starting', lang_v)}: {where}"
+
+        @friendly
+        def on_resume(name_v, model_v, data_v, trust_v, over_v, lang_v, *values):
+            job = ui.resume(name_v, model_v, data_v, collect(values), trust_remote_code=trust_v)
+            return f"{state_text('starting', lang_v)} (--resume): {ui.wd.relative(job.output_dir)}"
+
+        @friendly
+        def on_stop(name_v, lang_v):
+            ui.stop(name_v)
+            return state_text("stopping", lang_v)
+
+        run_inputs = [run_name, model, data, trust, overwrite, lang, *setting_inputs]
+        start.click(on_start, run_inputs, status)
+        resume.click(on_resume, run_inputs, status)
+        stop.click(on_stop, [run_name, lang], status)
+
+        def on_tick(name_v, lang_v, status_v):
+            try:
+                name_v = ui.wd.name(name_v, "run name")
+            except LoraFinetuneError:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            prog = ui.jobs.progress(name_v)
+            if prog.state == "idle":
+                return _progress_html(prog, lang_v), gr.skip(), gr.skip(), gr.skip()
+            msg = status_v
+            if prog.message:
+                head = state_text(prog.state, lang_v)
+                msg = f"{head}: {prog.message}" if prog.state != "finished" else prog.message
+                if prog.state == "running":  # a second attempt the lock refused, while this one runs
+                    msg = f"{state_text('failed', lang_v)}: {prog.message}"
+            return _progress_html(prog, lang_v), _curve(prog), prog.log_tail, msg
+
+        # a reopened tab shows the run started last (training went on without it)
+        demo.load(lambda: ui.jobs.latest_name() or gr.skip(), None, run_name)
+        timer.tick(on_tick, [run_name, lang, status], [progress, curve, logbox, status], show_progress="hidden")
+
+        # --- chat
+        def choices_update():
+            choices = ui.model_choices()
+            first = choices[0][1] if choices else None
+            both = [("—", "")] + choices
+            adapters = ui.adapters()
+            return (
+                gr.update(choices=choices, value=first),
+                gr.update(choices=both, value=""),
+                gr.update(choices=adapters, value=adapters[0] if adapters else None),
+                gr.update(choices=adapters, value=adapters[0] if adapters else None),
+            )
+
+        refresh.click(choices_update, None, [model_a, model_b, eval_adapter, exp_adapter])
+        demo.load(choices_update, None, [model_a, model_b, eval_adapter, exp_adapter])
+
+        @friendly
+        def on_send(a, b, hist_a, hist_b, msg, sys_v, mx, temp, tp, rp):
+            from ..use.chat import GenerationSettings
+
+            if not a:
+                raise _page_error(
+                    LoraFinetuneError("Choose Model A first (train an adapter, then press Refresh list).")
+                )
+            gen = GenerationSettings(int(mx), float(temp), float(tp), float(rp))
+            hist_a, hist_b = list(hist_a or []), list(hist_b or [])
+            prior_a, prior_b = list(hist_a), list(hist_b)
+            hist_a.append({"role": "user", "content": msg})
+            hist_a.append({"role": "assistant", "content": ""})
+            if b:
+                hist_b.append({"role": "user", "content": msg})
+            for text in ui.chat(a, prior_a, msg, gen, sys_v):
+                hist_a[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
+                yield hist_a, hist_b, ""
+            if b:
+                hist_b.append({"role": "assistant", "content": ""})
+                for text in ui.chat(b, prior_b, msg, gen, sys_v):
+                    hist_b[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
+                    yield hist_a, hist_b, ""
+
+        chat_inputs = [model_a, model_b, chat_a, chat_b, message, system, max_new, temperature, top_p, rep]
+        send.click(on_send, chat_inputs, [chat_a, chat_b, message])
+        message.submit(on_send, chat_inputs, [chat_a, chat_b, message])
+        clear.click(lambda: ([], []), None, [chat_a, chat_b])
+
+        # --- evaluate
+        eval_upload.upload(on_upload, eval_upload, [eval_data, eval_upload])
+
+        @friendly
+        def on_eval(adapter_v, data_v, mx, new, base_v, loss_v):
+            table, worst, report = ui.evaluate(
+                adapter_v, data_v, int(mx or 0), bool(base_v), bool(loss_v), int(new or 64)
+            )
+            import pandas as pd
+
+            metrics = pd.DataFrame(table[1:], columns=table[0])
+            worst_df = pd.DataFrame(worst, columns=["question", "reference", "prediction", "rouge-l"])
+            return metrics, worst_df, ui.wd.relative(report)
+
+        run_eval.click(
+            on_eval,
+            [eval_adapter, eval_data, eval_max, eval_new, eval_base, eval_loss],
+            [eval_metrics, eval_worst, eval_report],
+        )
+
+        # --- export
+        @friendly
+        def on_export(adapter_v, kind_v, name_v, outtype_v, over_v):
+            return ui.export(adapter_v, kind_v, name_v, outtype_v, bool(over_v))
+
+        run_exp.click(on_export, [exp_adapter, exp_kind, exp_name, exp_outtype, exp_over], exp_result)
+
+        # --- language
+        def on_lang(lang_v):
+            out = [gr.update(value=t("title", lang_v)), gr.update(value=t("intro", lang_v).format(root=workdir.root))]
+            out += [gr.update(**{attr: t(key, lang_v)}) for _, key, attr in labeled]
+            return out
+
+        lang.change(on_lang, lang, [title, intro, *(c for c, _, _ in labeled)])
+
+    demo.webui = ui  # type: ignore[attr-defined]  (for tests and the CLI's shutdown)
+    return demo
+
+
+__all__ = ["build_app", "friendly"]

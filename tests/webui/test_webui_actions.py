@@ -1,0 +1,94 @@
+"""The Evaluate, Export and Chat tabs' actions on a trained tiny adapter (the browser test covers
+Train and Chat in the page), and how errors reach the page: as words, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from lora_finetune.errors import ConfigError, DataError, LoraFinetuneError
+
+from webui_support import ROWS, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def ui(adapter, tmp_path_factory):
+    from lora_finetune.webui.actions import WebUI
+    from lora_finetune.webui.paths import Workdir
+
+    wd = Workdir.create(tmp_path_factory.mktemp("webui-actions"))
+    shutil.copytree(adapter, wd.outputs / "ad")
+    write_jsonl(wd.data / "test.jsonl", ROWS[:3])
+    return WebUI(wd)
+
+
+def test_lists_finished_adapters_only(ui):
+    (ui.wd.outputs / ".half.partial").mkdir()
+    (ui.wd.outputs / "not-finished").mkdir()
+    assert ui.adapters() == ["outputs/ad"]
+    assert ("ad: base model", "base:outputs/ad") in ui.model_choices()
+
+
+def test_evaluate_table_and_worst_samples(ui):
+    table, worst, report = ui.evaluate("outputs/ad", "data/test.jsonl", max_new_tokens=8, compare_base=True)
+    assert table[0] == ["metric", "adapter", "base"]
+    assert "loss" in [row[0] for row in table]
+    assert len(worst) == 3 and all(len(r) == 4 for r in worst)
+    assert report.is_file() and ui.wd.root in report.parents
+    with pytest.raises(DataError):
+        write_jsonl(ui.wd.data / "noanswer.jsonl", [{"instruction": "q"}])
+        ui.evaluate("outputs/ad", "data/noanswer.jsonl")
+    with pytest.raises(ConfigError, match="outside the workdir"):
+        ui.evaluate("../../", "data/test.jsonl")
+
+
+def test_chat_streams_pieces(ui):
+    from lora_finetune.use.chat import GenerationSettings
+
+    texts = list(ui.chat("adapter:outputs/ad", [], "中国的首都是哪里？", GenerationSettings(16, 1.0, 0.9, 1.0)))
+    assert len(texts) >= 2 and texts[-1].startswith(texts[0][:1])
+    with pytest.raises(ConfigError, match="empty"):
+        list(ui.chat("adapter:outputs/ad", [], "  ", GenerationSettings()))
+    with pytest.raises(LoraFinetuneError, match="temperature"):
+        list(ui.chat("adapter:outputs/ad", [], "hi", GenerationSettings(16, -1.0)))
+
+
+def test_merge_and_gguf_export_into_exports(ui):
+    text = ui.export("outputs/ad", "merge", "merged")
+    assert (ui.wd.exports / "merged" / "config.json").is_file() and "Merged" in text
+    text = ui.export("outputs/ad", "gguf", "ad-gguf", outtype="f16")
+    assert any(p.suffix == ".gguf" for p in (ui.wd.exports / "ad-gguf").iterdir()), text
+    with pytest.raises(ConfigError, match="exists|--overwrite"):
+        ui.export("outputs/ad", "merge", "merged")
+    with pytest.raises(ConfigError, match="plain name"):
+        ui.export("outputs/ad", "merge", "../../x")
+
+
+def test_errors_become_page_messages_without_traceback():
+    import gradio as gr
+
+    from lora_finetune.webui.app import friendly
+
+    @friendly
+    def refuses():
+        raise ConfigError("output_dir <b>x</b> exists.\nPass --overwrite.")
+
+    @friendly
+    def breaks():
+        raise ZeroDivisionError("division by zero")
+
+    @friendly
+    def streams():
+        yield 1
+        raise DataError("bad row 3")
+
+    with pytest.raises(gr.Error) as e:
+        refuses()
+    assert e.value.message == "output_dir &lt;b&gt;x&lt;/b&gt; exists.<br>Pass --overwrite."
+    with pytest.raises(gr.Error) as e:
+        breaks()
+    assert "Unexpected error (ZeroDivisionError: division by zero)" in e.value.message
+    assert "Traceback" not in e.value.message
+    with pytest.raises(gr.Error, match="bad row 3"):
+        list(streams())
