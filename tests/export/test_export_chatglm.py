@@ -185,6 +185,14 @@ def test_gguf_tensors_and_hyperparameters(glm_adapter, tmp_path):
     assert tokens[-1].startswith("[PAD") and types[-1] == 5  # the padded rows
 
 
+def test_ollama_modelfile_for_chatglm(glm_adapter, tmp_path):
+    res = export_model(glm_adapter, tmp_path / "ollama", format="ollama")
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text(encoding="utf-8")
+    assert res.ollama_template and "[gMASK]sop<|user|>" in modelfile
+    for stop in ("</s>", "<|user|>", "<|observation|>"):
+        assert f'PARAMETER stop "{stop}"' in modelfile
+
+
 @pytest.mark.parametrize(
     "options, match",
     [

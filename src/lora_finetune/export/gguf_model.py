@@ -1,10 +1,16 @@
 """A Hugging Face causal LM (its state dict and config) as a GGUF file llama.cpp runs.
 
-What llama.cpp's convert_hf_to_gguf.py does for the Llama, Qwen2 and Qwen3 architectures,
-written with the `gguf` package's own tables: tensor names through `TensorNameMap` (every
-tensor must map to one the architecture declares in `MODEL_TENSORS`, or the export stops),
-hyper-parameters under `<arch>.*`, and the Q/K row permutation of llama-architecture models
-(llama.cpp rotates adjacent pairs, transformers rotates the two halves of each head).
+What llama.cpp's convert_hf_to_gguf.py does for the Llama, Qwen2, Qwen3 and ChatGLM (native
+`GlmForCausalLM`) architectures, written with the `gguf` package's own tables: tensor names
+through `TensorNameMap` (every tensor must map to one the architecture declares in
+`MODEL_TENSORS`, or the export stops), hyper-parameters under `<arch>.*`, and the Q/K row
+permutation of llama-architecture models (llama.cpp rotates adjacent pairs, transformers rotates
+the two halves of each head).
+
+GLM (converted ChatGLM2/3) is llama.cpp's `chatglm`: q/k/v stay separate tensors with their
+biases (llama.cpp's graph takes them unfused), `mlp.gate_up_proj` is `ffn_up` with its [gate; up]
+rows as llama.cpp's fused SwiGLU reads them, and only `partial_rotary_factor` (a half) of each
+head is rotated, on adjacent pairs as in transformers' GLM, so nothing is permuted.
 """
 
 from __future__ import annotations
