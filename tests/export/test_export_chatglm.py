@@ -51,15 +51,21 @@ def _train(src: Path, out: Path, **kw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def glm_adapter(tmp_path_factory) -> Path:
+def spm_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chatglm-spm")
+    train_sentencepiece(folder)
+    return folder / "tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def glm_adapter(tmp_path_factory, spm_model) -> Path:
     """An adapter trained 3 steps on a tiny ChatGLM3-format checkpoint (converted to native GLM)."""
     root = tmp_path_factory.mktemp("chatglm-export")
-    train_sentencepiece(root / "spm")
-    src = chatglm3_checkpoint(root / "chatglm3", root / "spm" / "tokenizer.model")
+    src = chatglm3_checkpoint(root / "chatglm3", spm_model)
     return _train(src, root / "adapter")
 
 
-def _ours(adapter: Path):
+def _ours(adapter: Path, conversations: list | None = None):
     """(inference model, merged model, prompts with our ids and greedy tokens)."""
     import torch
 
@@ -68,7 +74,7 @@ def _ours(adapter: Path):
     im = load_for_inference(adapter, dtype="fp32", device="cpu")
     merged = im.model.merge_and_unload().eval()
     prompts = []
-    for conv in sample_conversations():
+    for conv in conversations or sample_conversations():
         text = render_ours(im.template, conv)
         assert text.startswith("[gMASK]sop")
         ids = im.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -155,6 +161,50 @@ def test_llamacpp_applies_the_chatglm_lora_gguf_to_the_base_gguf(glm_adapter, tm
         gaps = _greedy_gaps(merged, p["ids"], g["generated"])
         assert max(gaps) <= TOLERANCE["f16"], (p["text"], p["expected"], g["generated"], gaps)
     assert [g["generated"] for g in base_only["prompts"]] != [g["generated"] for g in with_lora["prompts"]]
+
+
+TEXTS = [
+    "hello world",
+    "  two  spaces  and trailing ",
+    "数字 12345 和 3.14",
+    "混合text中文mixed",
+    "\n换行\n\t制表",
+    "unknown ☃ symbols 😀",
+    "the model learns to answer questions about data science and code with numbers quickly",
+    "<|user|>\n 你好<|assistant|>",
+]
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+def test_llamacpp_tokenises_text_as_our_tokenizer(glm_adapter, tmp_path):
+    """Spaces, digits, Chinese, unknown characters (byte fallback) and special tokens: llama.cpp's
+    SentencePiece tokenizer with the scores we derive splits them as the converted tokenizer does."""
+    from lora_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(glm_adapter))
+    res = export_model(glm_adapter, tmp_path / "out")
+    prompts = [{"text": t, "ids": tokenizer(t, add_special_tokens=False)["input_ids"] or [2]} for t in TEXTS]
+    got = _check(tmp_path, tmp_path / "out" / res.files[0], prompts)
+    assert [g["tokens"] for g in got["prompts"]] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+def test_llamacpp_runs_a_chatglm2_gguf(spm_model, tmp_path):
+    """ChatGLM2 (no role tokens, the [Round N] 问/答 format, no q/k/v groups beyond MQA): the same
+    architecture and tokenizer path."""
+    src = chatglm3_checkpoint(tmp_path / "chatglm2", spm_model, _name_or_path="THUDM/chatglm2-6b")
+    adapter = _train(src, tmp_path / "adapter")
+    no_system = [c for c in sample_conversations() if c[0]["role"] != "system"]  # ChatGLM2 has no system turn
+    im, merged, prompts = _ours(adapter, no_system)
+    assert "<|user|>" not in im.tokenizer.get_vocab()
+    res = export_model(adapter, tmp_path / "out")
+    got = _check(tmp_path, tmp_path / "out" / res.files[0], prompts)
+    for p, g in zip(prompts, got["prompts"]):
+        assert g["tokens"] == p["ids"], ("llama.cpp tokenises the prompt differently", p["text"])
+        gaps = _greedy_gaps(merged, p["ids"], g["generated"])
+        assert max(gaps) <= TOLERANCE["f16"], (p["text"], p["expected"], g["generated"], gaps)
 
 
 def test_gguf_tensors_and_hyperparameters(glm_adapter, tmp_path):
