@@ -1,10 +1,16 @@
 """A Hugging Face causal LM (its state dict and config) as a GGUF file llama.cpp runs.
 
-What llama.cpp's convert_hf_to_gguf.py does for the Llama, Qwen2 and Qwen3 architectures,
-written with the `gguf` package's own tables: tensor names through `TensorNameMap` (every
-tensor must map to one the architecture declares in `MODEL_TENSORS`, or the export stops),
-hyper-parameters under `<arch>.*`, and the Q/K row permutation of llama-architecture models
-(llama.cpp rotates adjacent pairs, transformers rotates the two halves of each head).
+What llama.cpp's convert_hf_to_gguf.py does for the Llama, Qwen2, Qwen3 and ChatGLM (native
+`GlmForCausalLM`) architectures, written with the `gguf` package's own tables: tensor names
+through `TensorNameMap` (every tensor must map to one the architecture declares in
+`MODEL_TENSORS`, or the export stops), hyper-parameters under `<arch>.*`, and the Q/K row
+permutation of llama-architecture models (llama.cpp rotates adjacent pairs, transformers rotates
+the two halves of each head).
+
+GLM (converted ChatGLM2/3) is llama.cpp's `chatglm`: q/k/v stay separate tensors with their
+biases (llama.cpp's graph takes them unfused), `mlp.gate_up_proj` is `ffn_up` with its [gate; up]
+rows as llama.cpp's fused SwiGLU reads them, and only `partial_rotary_factor` (a half) of each
+head is rotated, on adjacent pairs as in transformers' GLM, so nothing is permuted.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class Arch:
     n_head: int
     n_head_kv: int
     head_dim: int
+    rope_dims: int = 0
+    """How many dimensions of each head are rotated (llama.cpp's `rope.dimension_count`): the
+    whole head, or `partial_rotary_factor` of it (GLM/ChatGLM rotate the first half)."""
 
     @property
     def permute_qk(self) -> bool:
@@ -55,6 +64,14 @@ class Arch:
         import gguf
 
         return next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == self.name)
+
+
+def _partial_rotary_factor(config: PretrainedConfig) -> float:
+    """The share of each head that is rotated, from a transformers 5 (`rope_parameters`) or 4
+    (`partial_rotary_factor`) config; 1 when the config has none."""
+    params = getattr(config, "rope_parameters", None) or {}
+    factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    return float(factor if factor is not None else 1.0)
 
 
 def _rope(config: PretrainedConfig) -> tuple[str | None, float]:
@@ -85,14 +102,21 @@ def arch_for(config: PretrainedConfig) -> Arch:
             "supported: none (default rope). Use `lora-finetune merge` for a transformers folder."
         )
     n_head = int(config.num_attention_heads)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_head)
+    rope_dims = int(head_dim * _partial_rotary_factor(config))
+    if rope_dims <= 0 or rope_dims > head_dim or rope_dims % 2:
+        raise ModelError(
+            f"GGUF export: this config rotates {rope_dims} of {head_dim} head dimensions "
+            "(partial_rotary_factor); llama.cpp needs an even number between 2 and the head size."
+        )
     return Arch(
         name=archs[model_type],
         model_type=model_type,
         n_layers=int(config.num_hidden_layers),
         n_head=n_head,
         n_head_kv=int(getattr(config, "num_key_value_heads", None) or n_head),
-        head_dim=int(head_dim),
+        head_dim=head_dim,
+        rope_dims=rope_dims,
     )
 
 
@@ -202,7 +226,7 @@ def add_hparams(writer: gguf.GGUFWriter, arch: Arch, config: PretrainedConfig, v
     writer.add_head_count_kv(arch.n_head_kv)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_rope_freq_base(theta)
-    writer.add_rope_dimension_count(arch.head_dim)
+    writer.add_rope_dimension_count(arch.rope_dims or arch.head_dim)
     writer.add_key_length(arch.head_dim)
     writer.add_value_length(arch.head_dim)
     writer.add_vocab_size(vocab_size)

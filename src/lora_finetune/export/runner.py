@@ -136,15 +136,30 @@ def _write_error(e: OSError, where: Path) -> LoraFinetuneError:
 
 
 # --------------------------------------------------------------------------- the chat format
+def _renders_as_trained(jinja: str, tmpl: Any) -> bool:
+    """Does the Jinja template render the sample conversations as our template does?"""
+    try:
+        return all(render_jinja(jinja, c) == render_ours(tmpl, c) for c in sample_conversations())
+    except Exception:  # noqa: BLE001 - a template that cannot render them is not the trained format
+        return False
+
+
 def _gguf_chat_template(tmpl: Any, tokenizer: Any, table: Any, notes: list[str]) -> tuple[str | None, str]:
     """(the Jinja chat template for the GGUF, where it came from)."""
     own = getattr(tokenizer, "chat_template", None)
     if getattr(tmpl, "name", None) == "chat" and isinstance(own, str):
-        return with_default_enable_thinking(own), "tokenizer"
+        own = with_default_enable_thinking(own)
+        if _renders_as_trained(own, tmpl):
+            return own, "tokenizer"
+        # ChatGLM3's template ends an answer with the next role token, while training appends
+        # EOS to every answer (templates/chat.py): the file gets the format the model learned.
+        notes.append(
+            "the tokenizer's chat template renders conversations differently from the format the adapter "
+            "was trained on (EOS after each answer); the GGUF has a template derived from the training format"
+        )
     if table is not None:
         jinja = jinja_template(table)
-        ok = all(render_jinja(jinja, c) == render_ours(tmpl, c) for c in sample_conversations())
-        if ok:
+        if _renders_as_trained(jinja, tmpl):
             return jinja, "derived"
     notes.append(
         f"the adapter's template {getattr(tmpl, 'name', '?')!r} could not be written as a chat template; "
@@ -182,7 +197,7 @@ def export_model(
     config = read_model_config(path)
     arch = arch_for(config)
     tokenizer = load_tokenizer(str(adapter_dir) if folder.has_tokenizer else path)
-    pre = pre_tokenizer_name(tokenizer)
+    pre = pre_tokenizer_name(tokenizer, arch.name)
     model_type = (record.resolved.model_type if record else None) or config.model_type
     tmpl = template_for(
         record.template if record else "auto", tokenizer, model_type, cfg.system_prompt if cfg else None
@@ -199,7 +214,7 @@ def export_model(
     eot = next((t for t in stops if t != tokenizer.eos_token), None) or (stops[0] if stops else None)
     table = measure(tmpl)
     chat_template, chat_source = _gguf_chat_template(tmpl, tokenizer, table, notes)
-    meta = tokenizer_metadata(tokenizer, vocab_size, eot_token=eot, chat_template=chat_template)
+    meta = tokenizer_metadata(tokenizer, vocab_size, eot_token=eot, chat_template=chat_template, arch=arch.name)
     label = adapter_dir.resolve().name
     files: list[str] = []
     types: dict[str, dict[str, int]] = {}

@@ -230,6 +230,9 @@ for _family in (
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
         layer_roles=_GLM_ROLES,
         end_of_turn=("<|user|>", "<|observation|>", "<|endoftext|>"),
+        # Converted ChatGLM2/3 (and GLM-4-9B's -hf release) are llama.cpp's `chatglm`; Glm4ForCausalLM
+        # (GLM-4-0414, extra post-norms) would be `glm4`, which export does not write yet.
+        gguf_arch={"glm": "chatglm"},
     ),
     # Remote-code ChatGLM folders: v2/v3 are converted to `glm` before loading; what is loaded
     # as `chatglm` is ChatGLM-6B v1, which runs through its own code and [Round N] format.
