@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from serve_helpers import QWEN_TOOLS, TOOL_ANSWER, WEATHER_TOOL, start_server
 
 from helpers import make_tiny_model, tiny_config
+from serve_helpers import QWEN_TOOLS, TOOL_ANSWER, WEATHER_TOOL, start_server
 
 
 @pytest.fixture(scope="session")

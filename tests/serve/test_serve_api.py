@@ -9,6 +9,7 @@ import threading
 
 import httpx
 import pytest
+
 from serve_helpers import TOOL_ANSWER, WEATHER_TOOL, start_server
 
 QUESTION = "中国的首都是哪里？"

@@ -10,6 +10,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from serve_helpers import start_server
 
 HI = [{"role": "user", "content": "hi"}]
