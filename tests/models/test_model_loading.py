@@ -168,3 +168,34 @@ def test_unreachable_hub_is_one_probe_not_a_retry_loop(monkeypatch):
     with pytest.raises(ModelError, match="hub could not be reached.*HF_HUB_OFFLINE=1"):
         resolve_model("someone-not-real/model-xyz")
     assert calls == [10]
+
+
+def test_weightless_and_real_model_builds_in_threads_do_not_mix(tiny_models):
+    """accelerate's init_empty_weights patches torch.nn.Module process-wide; the web UI and the
+    server build models in threads. Real models built meanwhile must still have real weights."""
+    import threading
+
+    original = nn.Module.register_parameter
+    loaded, errors = [], []
+
+    def weightless():
+        try:
+            for _ in range(3):
+                meta_model(str(tiny_models["qwen3"]))
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    def real():
+        try:
+            loaded.append(load_model(str(tiny_models["qwen3"]), for_training=False).model)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=f) for f in (weightless, real, weightless, real)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(loaded) == 2
+    assert all(p.device.type != "meta" for m in loaded for p in m.parameters())
+    assert nn.Module.register_parameter is original  # nothing left patched

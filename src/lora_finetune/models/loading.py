@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -311,7 +312,7 @@ def load_model(
         kwargs["device_map"] = device_map
     own_code = _own_code_loader(path)
     try:
-        with warnings.catch_warnings():
+        with MODEL_BUILD_LOCK, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*generation flags.*")
             if own_code:
                 # ChatGLM-6B v1 registers no causal-LM class: its own code, through AutoModel.
@@ -351,13 +352,20 @@ def load_model(
     return LoadedModel(model, torch_dtype, used, notes)
 
 
+MODEL_BUILD_LOCK = threading.RLock()
+"""accelerate's `init_empty_weights` (weightless models for checks and estimates) patches
+`torch.nn.Module` for the whole process while it runs: a model built meanwhile in another
+thread (the web UI, the server) would get meta tensors, and two overlapping uses can leave the
+patch in place. Every weightless and every real model build takes this lock."""
+
+
 def meta_model(path: str, trust_remote_code: bool = False) -> nn.Module:
     """The model's module tree with no weights (instant, no memory): for checking targets."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     config = read_model_config(path, trust_remote_code)
-    with _own_code_errors(path), init_empty_weights(), warnings.catch_warnings():
+    with MODEL_BUILD_LOCK, _own_code_errors(path), init_empty_weights(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if family_for(getattr(config, "model_type", None)).loader == "auto_model":
             from transformers import AutoModel

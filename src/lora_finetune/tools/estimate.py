@@ -482,7 +482,9 @@ def load_shape(model: str, trust_remote_code: bool = False) -> ModelShape:
                 config = AutoConfig.for_model(**config_dict)
             except (ValueError, KeyError) as e:
                 raise ModelError(f"{path}: model_type {model_type!r} is not built into transformers ({e}).") from None
-        with init_empty_weights(), warnings.catch_warnings():
+        from ..models.loading import MODEL_BUILD_LOCK
+
+        with MODEL_BUILD_LOCK, init_empty_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             meta = AutoModelForCausalLM.from_config(config)
         return model_shape(meta, config)
