@@ -154,3 +154,35 @@ def test_unexpected_errors_get_one_line_and_a_log_file(monkeypatch, tmp_path, ca
     assert "`lora-finetune modules` failed unexpectedly (RuntimeError: something nobody expected)" in err
     [log] = list((tmp_path / "cache" / "logs").glob("crash-modules-*.log"))
     assert log.name in err and "Traceback" in log.read_text() and "something nobody expected" in log.read_text()
+
+
+@pytest.mark.parametrize("cpus,load,threads", [(2, 0.1, 2), (2, 0.9, 1), (2, 2.3, 1), (8, 3.0, 5), (4, 0.0, 4)])
+def test_threads_are_what_other_work_leaves_free(cpus, load, threads):
+    from lora_finetune.cli import choose_threads
+
+    assert choose_threads(cpus, load) == threads
+
+
+def test_threads_flag_and_env(monkeypatch):
+    import torch
+
+    from lora_finetune.cli import _setup_threads
+
+    before = torch.get_num_threads()
+    try:
+        _setup_threads(1)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LORA_FINETUNE_THREADS", "2")
+        _setup_threads(None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_cores_is_a_share_of_the_machine():
+    import os
+
+    from lora_finetune.cli import _busy_cores
+
+    busy = _busy_cores(0.05)
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
