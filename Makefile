@@ -30,9 +30,10 @@ test: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest -q
 
 # The tier a developer runs while editing: everything but the end-to-end tests on the bundled
-# model and the multi-process ones (about a minute and a half on 2 cores).
+# model, the multi-process ones and the browser ones. (Run one pytest at a time: sessions share
+# /tmp/pytest-of-$USER and a newer one removes an older one's folders.)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q -m "not slow and not e2e and not browser"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
