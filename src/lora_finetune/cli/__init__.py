@@ -146,8 +146,9 @@ def _setup_threads(threads: int | None) -> None:
         load = _busy_cores()
         threads = choose_threads(cpus, load)
         if threads < cpus:
-            log.info(
-                "using %d of %d CPU threads: the machine is busy (load %.1f); --threads N to choose",
+            # debug: a line on every command would be noise; `-v` shows it
+            log.debug(
+                "using %d of %d CPU threads: other work keeps %.1f cores busy; --threads N to choose",
                 threads,
                 cpus,
                 load,
