@@ -25,10 +25,11 @@ def test_quantised_base_trains_and_records_it(tiny_qwen3, tmp_path, bits):
     assert any(t.abs().max() > 0 for t in lora_b)  # B starts at zero: it learned
 
 
-def test_qlora_resume_generate_eval_merge(tiny_qwen3, tmp_path):
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_qlora_resume_chat_generate_eval_merge(tiny_qwen3, tmp_path, bits):
     from transformers import TrainerCallback
 
-    from lora_finetune.use import evaluate, generate, load_for_inference, merge
+    from lora_finetune.use import ChatSession, GenerationSettings, evaluate, generate, load_for_inference, merge
 
     class Die(TrainerCallback):
         def on_save(self, args, state, control, **k):
@@ -36,15 +37,18 @@ def test_qlora_resume_generate_eval_merge(tiny_qwen3, tmp_path):
                 raise KeyError("simulated crash after the first checkpoint")
 
     out = tmp_path / "run"
-    settings = dict(quantization="4bit", steps=4, save_steps=2, learning_rate=1e-2)
+    settings = dict(quantization=bits, steps=4, save_steps=2, learning_rate=1e-2)
     with pytest.raises(KeyError):
         train(tiny_config(tiny_qwen3, out, **settings), callbacks=[Die()])
     assert last_complete_checkpoint(tmp_path / ".run.partial" / "checkpoints") is not None
     res = train(tiny_config(tiny_qwen3, out, resume="auto", **settings))
-    assert res.metrics["steps"] == 4 and res.resolved.quantization == "4bit"
+    assert res.metrics["steps"] == 4 and res.resolved.quantization == bits
 
     im = load_for_inference(out)
-    assert im.quantization == "4bit"
+    assert im.quantization == bits
+    chunks: list[str] = []
+    reply = ChatSession(im, GenerationSettings(max_new_tokens=4)).send("你好", on_text=chunks.append)
+    assert reply.prompt_tokens > 0 and "".join(chunks).strip() == reply.text
     rec = {"system": None, "messages": [{"role": "user", "content": "你好", "input": ""}]}
     [answer] = generate(im, [rec], max_new_tokens=4)
     assert answer["tokens"] <= 4
@@ -56,4 +60,4 @@ def test_qlora_resume_generate_eval_merge(tiny_qwen3, tmp_path):
 
     merged = merge(out, tmp_path / "merged", dtype="fp32")
     # merged onto the full-precision base: equal to that base + the adapter, to fp32 rounding
-    assert merged.trained_quantization == "4bit" and merged.max_abs_diff < 1e-4
+    assert merged.trained_quantization == bits and merged.max_abs_diff < 1e-4
