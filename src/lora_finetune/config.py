@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -140,6 +141,11 @@ class LoRAFinetuneConfig:
     """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
     use_liger: LigerMode = "auto"
     """liger-kernel fused ops (no full logits): `auto` (CUDA + installed + supported arch), `true`, `false`."""
+    memory_budget: str = "auto"
+    """Memory the run may use: `auto` (free RAM on a CPU, free memory on the GPU), a size such as
+    `16GB`, or `none` (no planning). When the estimated peak does not fit, the run turns on
+    gradient checkpointing, then splits the batch into micro-batches with more accumulation
+    (same effective batch, same results), and says so; if nothing fits it stops before loading."""
     report_to: list[str] | str = "none"
     """Experiment trackers, as in TrainingArguments: `none`, `tensorboard`, `wandb`, `mlflow`, ...
     (a list for several). TensorBoard logs end up in the run's `runs/` folder."""
@@ -229,6 +235,8 @@ class LoRAFinetuneConfig:
                 bad("early_stopping_patience", "must be at least 1 evaluation")
             if not self.load_best_model_at_end:
                 bad("early_stopping_patience", "needs load_best_model_at_end: true (it keeps the best checkpoint)")
+        if not re.fullmatch(r"\s*(auto|none|off|[0-9]*\.?[0-9]+\s*[kmgt]?(i?b)?)\s*", str(self.memory_budget), re.I):
+            bad("memory_budget", "give auto, none, or a size such as 16GB or 500MB")
         if self.dataset and self.data_path is None:
             bad("dataset", "names a dataset in dataset_info.json: set data_path to the folder holding that file")
         if isinstance(self.target_modules, list) and not self.target_modules:

@@ -42,6 +42,7 @@ from ..models import (
     load_model,
     load_tokenizer,
     meta_model,
+    pick_dtype,
     read_model_config,
     resolve_model,
     resolve_target_modules,
@@ -59,6 +60,7 @@ from .callbacks import (
 )
 from .dataset import PreparedData, prepare_data
 from .kernels import apply_liger  # throughput: fused kernels
+from .planning import MemoryPlan, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
 
 if TYPE_CHECKING:
@@ -165,7 +167,17 @@ def check_output_dir(cfg: LoRAFinetuneConfig) -> tuple[Path, Path | None]:
 
 # --------------------------------------------------------------------------- resume
 MAY_CHANGE_ON_RESUME = frozenset(
-    {"logging_steps", "eval_steps", "save_steps", "save_total_limit", "cache_dir", "report_to", "overwrite", "resume"}
+    {
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "cache_dir",
+        "report_to",
+        "memory_budget",
+        "overwrite",
+        "resume",
+    }
 )
 """Settings a resumed run may change: they decide what is logged, evaluated and kept, not what
 is learned. Every other setting must match the checkpoint's, or the result would be neither run."""
@@ -210,6 +222,16 @@ def compare_recipe(recipe: RunRecord | None, cfg: LoRAFinetuneConfig, ckpt: Path
     for note in notes[1:]:
         log.info(note)
     return notes
+
+
+def _memory_plan(
+    cfg: LoRAFinetuneConfig, checkpoint: RunRecord | None, model_path: str, targets: list[str], longest: int
+) -> MemoryPlan:
+    """A resumed run keeps the layout its checkpoint was trained with; a new one is planned."""
+    if checkpoint is not None:
+        changes = checkpoint.resolved.extra.get("memory_plan") or {}
+        return MemoryPlan(None, None, dict(changes), {k: getattr(cfg, k) for k in changes})
+    return plan_memory(cfg, model_path, targets, longest, pick_dtype(cfg.dtype))
 
 
 def _check_same_data(recipe: RunRecord, sha256: str | None, ckpt: Path | None) -> None:
@@ -352,11 +374,18 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     if checkpoint_recipe is not None:
         _check_same_data(checkpoint_recipe, data.data_sha256, resume_from)
 
-    # 3. Model + LoRA.
+    # 3. Fit the memory there is (planning.py): the layout, decided before any weight loads.
+    requested = cfg
+    plan = _memory_plan(cfg, checkpoint_recipe, model_path, targets, data.stats.longest)
+    cfg = dataclasses.replace(cfg, **plan.changes)
+    if plan.note:
+        log.info(plan.note)
+
+    # 4. Model + LoRA.
     loaded = load_model(
         model_path, dtype=cfg.dtype, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code
     )
-    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes + resume_notes
+    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes + resume_notes + ([plan.note] if plan.note else [])
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     model = attach_lora(model, cfg, targets)
@@ -369,14 +398,21 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         100 * trainable / max(total, 1),
     )
 
-    # 4. Train.
+    # 5. Train.
     # --- throughput (training/kernels.py): fused kernels where installed and supported ---
     liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
     if liger_note:
         notes.append(liger_note)
+    # The checkpoint's recipe is what was asked (what --resume compares) plus the plan taken.
     recipe = RunRecord(
-        _recipe(cfg),
-        Resolved(model_type=model_type, template=data.template, target_modules=targets, data_sha256=data.data_sha256),
+        _recipe(requested),
+        Resolved(
+            model_type=model_type,
+            template=data.template,
+            target_modules=targets,
+            data_sha256=data.data_sha256,
+            extra={"memory_plan": plan.changes} if plan.changes else {},
+        ),
     )
     trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
     runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
@@ -384,7 +420,7 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     if overfit:
         notes.append(overfit)
 
-    # 5. Save the self-describing folder (rank 0 only under DDP).
+    # 6. Save the self-describing folder (rank 0 only under DDP).
     resolved = Resolved(
         base_model=model_path,
         model_type=model_type,
@@ -396,6 +432,7 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         notes=notes,
         data_sha256=data.data_sha256,
         versions=versions(),
+        extra={"memory_plan": {"requested": plan.requested, "used": plan.changes}} if plan.changes else {},
     )
     metrics = collect_metrics(
         trainer, runtime, eval_metrics, data, trainable, total, tokens_before=tokens_seen_at(resume_from)
