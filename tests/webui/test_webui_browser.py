@@ -188,12 +188,20 @@ def test_chat_streams_side_by_side(page):
         }).observe(target, {subtree: true, childList: true, characterData: true});
     }"""
     )
-    text_in(page, "message", "中国的首都是哪里？")
-    page.locator("#send").click()
-    expect(page.locator("#chat-a [data-testid=user]").first).to_contain_text("中国的首都是哪里？")
-    expect(page.locator("#chat-b [data-testid=bot]").first).to_have_text(re.compile(r"\S"), timeout=120_000)
-    answer = page.locator("#chat-a [data-testid=bot]").first.inner_text()
-    assert answer.strip(), "the adapter answered nothing"
+    # Sampling a 3-step tiny model sometimes yields only special tokens (the page then says so):
+    # ask again, a few times at most, and check the first answer with text streamed.
+    for attempt in range(4):
+        page.evaluate("() => window.__seen.clear()")
+        text_in(page, "message", "中国的首都是哪里？")
+        page.locator("#send").click()
+        expect(page.locator("#chat-a [data-testid=user]").nth(attempt)).to_contain_text("中国的首都是哪里？")
+        expect(page.locator("#chat-b [data-testid=bot]").nth(attempt)).to_have_text(re.compile(r"\S"), timeout=120_000)
+        answer = page.locator("#chat-a [data-testid=bot]").nth(attempt).inner_text()
+        assert answer.strip(), "the adapter answered nothing"
+        if not answer.startswith("(no text"):
+            break
+    else:
+        pytest.fail("four sampled answers in a row held only special tokens")
     seen = page.evaluate("() => Array.from(window.__seen).filter(t => t.trim().length)")
     assert len(seen) > 1, f"the answer arrived in one piece, not streamed: {seen}"
     page.screenshot(path=str(DOCS / "webui-chat.png"), full_page=True)

@@ -95,6 +95,18 @@ class TokenizerMeta:
             writer.add_chat_template(self.chat_template)
 
 
+def _special_ids(tokenizer: Any, vocab: dict[str, int], eot_token: str | None) -> dict[str, int]:
+    """bos/eos/unk/pad ids the tokenizer has, and the end-of-turn token's when it is in the vocab."""
+    ids: dict[str, int] = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        tid = getattr(tokenizer, f"{name}_token_id", None)
+        if tid is not None:
+            ids[name] = int(tid)
+    if eot_token is not None and eot_token in vocab:
+        ids["eot"] = int(vocab[eot_token])
+    return ids
+
+
 def _tokenizer_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -235,13 +247,7 @@ def tokenizer_metadata(
             types.append(NORMAL)
     raw = (data.get("model") or {}).get("merges") or []
     merges = [m if isinstance(m, str) else " ".join(m) for m in raw]
-    ids: dict[str, int] = {}
-    for name in ("bos", "eos", "unk", "pad"):
-        tid = getattr(tokenizer, f"{name}_token_id", None)
-        if tid is not None:
-            ids[name] = int(tid)
-    if eot_token is not None and eot_token in vocab:
-        ids["eot"] = int(vocab[eot_token])
+    ids = _special_ids(tokenizer, vocab, eot_token)
     return TokenizerMeta(
         tokens=tokens,
         token_types=types,
@@ -312,13 +318,7 @@ def _sentencepiece_metadata(
         tokens.append(tok)
         types.append(kind)
         values.append(scores[tok] if kind in (NORMAL, USER_DEFINED) else 0.0)
-    ids: dict[str, int] = {}
-    for name in ("bos", "eos", "unk", "pad"):
-        tid = getattr(tokenizer, f"{name}_token_id", None)
-        if tid is not None:
-            ids[name] = int(tid)
-    if eot_token is not None and eot_token in vocab:
-        ids["eot"] = int(vocab[eot_token])
+    ids = _special_ids(tokenizer, vocab, eot_token)
     return TokenizerMeta(
         tokens=tokens,
         token_types=types,
