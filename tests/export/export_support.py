@@ -8,6 +8,7 @@ be read back by transformers (llama.cpp reads it fine).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,3 +75,24 @@ def run_llama_check(request_file: Path, timeout: int = 600) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def llama_check(
+    tmp_path: Path, model: Path, prompts: list[dict], max_new_tokens: int, lora: Path | None = None
+) -> dict:
+    """llama.cpp's view of our prompts (llama_check.mjs): its tokens for each prompt's text, its greedy
+    continuation of our ids, and its rendering of the sample conversations with the file's template."""
+    from lora_finetune.export.chat_format import sample_conversations
+
+    _, prefix = node_llama_cpp()
+    request = {
+        "node_modules_parent": str(prefix),
+        "model": str(model),
+        "lora": str(lora) if lora else None,
+        "prompts": [{"text": p["text"], "ids": p["ids"]} for p in prompts],
+        "chats": sample_conversations(),
+        "max_new_tokens": max_new_tokens,
+    }
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
+    return json.loads(run_llama_check(req))

@@ -16,7 +16,6 @@ The refusals (unigram or normalising SentencePiece tokenizers, `glm4`) run witho
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from lora_finetune.export import export_model
 from lora_finetune.export.chat_format import render_ours, sample_conversations
 
 from chatglm_helpers import chatglm3_checkpoint, train_sentencepiece
-from export_support import node_llama_cpp, run_llama_check
+from export_support import llama_check, node_llama_cpp
 from helpers import tiny_config
 
 MAX_NEW = 12
@@ -91,19 +90,8 @@ def _ours(adapter: Path, conversations: list | None = None):
     return im, merged, prompts
 
 
-def _check(tmp_path: Path, model: Path, prompts: list[dict], lora: Path | None = None) -> dict:
-    _, prefix = node_llama_cpp()
-    request = {
-        "node_modules_parent": str(prefix),
-        "model": str(model),
-        "lora": str(lora) if lora else None,
-        "prompts": [{"text": p["text"], "ids": p["ids"]} for p in prompts],
-        "chats": sample_conversations(),
-        "max_new_tokens": MAX_NEW,
-    }
-    req = tmp_path / "request.json"
-    req.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-    return json.loads(run_llama_check(req))
+def _check(tmp_path, model, prompts, lora=None) -> dict:
+    return llama_check(tmp_path, model, prompts, MAX_NEW, lora)
 
 
 def _greedy_gaps(merged, prompt: list[int], theirs: list[int]) -> list[float]:

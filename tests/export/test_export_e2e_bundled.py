@@ -4,15 +4,13 @@ node-llama-cpp is installed, run by llama.cpp with the same prompt tokens and gr
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from lora_finetune.export import export_model
 from lora_finetune.export.chat_format import render_ours, sample_conversations
 
-from export_support import node_llama_cpp, run_llama_check
+from export_support import llama_check, node_llama_cpp
 
 pytestmark = pytest.mark.e2e
 MAX_NEW = 16
@@ -83,16 +81,7 @@ def test_bundled_model_gguf_reads_back_in_transformers(smol_ours, smol_gguf):
 def test_bundled_model_gguf_runs_in_llama_cpp(smol_ours, smol_gguf, tmp_path):
     im, prompts = smol_ours
     folder, res = smol_gguf
-    _, prefix = node_llama_cpp()
-    request = {
-        "node_modules_parent": str(prefix),
-        "model": str(folder / res.files[0]),
-        "prompts": [{"text": p["text"], "ids": p["ids"]} for p in prompts],
-        "chats": sample_conversations(),
-        "max_new_tokens": MAX_NEW,
-    }
-    (tmp_path / "req.json").write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-    got = json.loads(run_llama_check(tmp_path / "req.json"))
+    got = llama_check(tmp_path, folder / res.files[0], prompts, MAX_NEW)
     assert got["pre"] == res.pre_tokenizer
     stops = im.stop_token_ids
     for p, g in zip(prompts, got["prompts"]):

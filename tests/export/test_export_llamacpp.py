@@ -13,15 +13,13 @@ reads what we export:
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from lora_finetune.export import export_model
 from lora_finetune.export.chat_format import render_ours, sample_conversations
 
-from export_support import node_llama_cpp, run_llama_check
+from export_support import llama_check, node_llama_cpp
 
 pytestmark = [
     pytest.mark.llamacpp,
@@ -57,18 +55,7 @@ def _ours(adapter):
 
 
 def _check(tmp_path, model, prompts, lora=None) -> dict:
-    _, prefix = node_llama_cpp()
-    request = {
-        "node_modules_parent": str(prefix),
-        "model": str(model),
-        "lora": str(lora) if lora else None,
-        "prompts": [{"text": p["text"], "ids": p["ids"]} for p in prompts],
-        "chats": sample_conversations(),
-        "max_new_tokens": MAX_NEW,
-    }
-    req = tmp_path / "request.json"
-    req.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-    return json.loads(run_llama_check(req))
+    return llama_check(tmp_path, model, prompts, MAX_NEW, lora)
 
 
 def _same_greedy(ours: list[int], theirs: list[int], stops: list[int]) -> bool:

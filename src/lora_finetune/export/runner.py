@@ -238,37 +238,29 @@ def export_model(
         )
     try:
         with output_lock(output_dir), atomic_dir(output_dir, overwrite=overwrite) as tmp:
-            if fmt in ("gguf", "ollama"):
-                merged = weights(merge=True)
-                types[model_file] = write_model_gguf(
-                    tmp / model_file,
+
+            def write_model(file: str, merge: bool, title: str, meta_extra: dict[str, Any] | None = None) -> None:
+                model = weights(merge=merge)
+                types[file] = write_model_gguf(
+                    tmp / file,
                     arch=arch,
                     config=config,
-                    state_dict=merged.state_dict(),
+                    state_dict=model.state_dict(),
                     tokenizer=meta,
                     outtype=outtype,
-                    name=f"{label} (merged)",
-                    extra=extra,
+                    name=title,
+                    extra=meta_extra,
                 )
-                del merged
-                files.append(model_file)
+                files.append(file)
+
+            if fmt in ("gguf", "ollama"):
+                write_model(model_file, True, f"{label} (merged)", extra)
             else:
                 assert plan is not None
                 types[lora_file] = write_lora_gguf(tmp / lora_file, adapter_dir, plan, arch, outtype, label)
                 files.append(lora_file)
                 if with_base:
-                    base = weights(merge=False)
-                    types[base_file] = write_model_gguf(
-                        tmp / base_file,
-                        arch=arch,
-                        config=config,
-                        state_dict=base.state_dict(),
-                        tokenizer=meta,
-                        outtype=outtype,
-                        name=f"{Path(str(name)).name} (base)",
-                    )
-                    del base
-                    files.append(base_file)
+                    write_model(base_file, False, f"{Path(str(name)).name} (base)")
             go = None
             if fmt == "ollama":
                 from .chat_format import go_template

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -219,6 +219,34 @@ def create_app(
             job.cancel()
             watcher.cancel()
 
+    async def _whole(
+        request: Request,
+        job: Job,
+        choice: Callable[[Finished], dict[str, Any]],
+        rid: str,
+        kind: str,
+        created: int,
+        model: str,
+        prompt_tokens: int,
+    ) -> Any:
+        """A non-streamed answer: every row's finished choice, in order, with the usage."""
+        choices: dict[int, dict[str, Any]] = {}
+        tokens = 0
+        async for ev in events(request, job):
+            if isinstance(ev, Finished):
+                tokens += ev.tokens
+                choices[ev.index] = choice(ev)
+        if len(choices) < len(job.rows):
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+        return {
+            "id": rid,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choices[i] for i in sorted(choices)],
+            "usage": usage(prompt_tokens, tokens),
+        }
+
     # ------------------------------------------------------------------ routes
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -254,29 +282,18 @@ def create_app(
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(chat_stream(request, job, rid, created, req.model, tools, include_usage, len(ids)))
-        choices: dict[int, dict[str, Any]] = {}
-        tokens = 0
-        async for ev in events(request, job):
-            if isinstance(ev, Finished):
-                tokens += ev.tokens
-                message: dict[str, Any] = {"role": "assistant", "content": ev.text}
-                reason = ev.reason
-                if tools:
-                    content, calls = parse_tool_calls(ev.text)
-                    if calls:
-                        message = {"role": "assistant", "content": content, "tool_calls": calls}
-                        reason = "tool_calls"
-                choices[ev.index] = {"index": ev.index, "message": message, "logprobs": None, "finish_reason": reason}
-        if len(choices) < len(job.rows):
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "choices": [choices[i] for i in sorted(choices)],
-            "usage": usage(len(ids), tokens),
-        }
+
+        def choice(ev: Finished) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": ev.text}
+            reason = ev.reason
+            if tools:
+                content, calls = parse_tool_calls(ev.text)
+                if calls:
+                    message = {"role": "assistant", "content": content, "tool_calls": calls}
+                    reason = "tool_calls"
+            return {"index": ev.index, "message": message, "logprobs": None, "finish_reason": reason}
+
+        return await _whole(request, job, choice, rid, "chat.completion", created, req.model, len(ids))
 
     async def chat_stream(
         request: Request,
@@ -355,22 +372,11 @@ def create_app(
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(completion_stream(request, job, rid, created, req.model, include_usage, prompt_tokens))
-        choices: dict[int, dict[str, Any]] = {}
-        tokens = 0
-        async for ev in events(request, job):
-            if isinstance(ev, Finished):
-                tokens += ev.tokens
-                choices[ev.index] = {"index": ev.index, "text": ev.text, "logprobs": None, "finish_reason": ev.reason}
-        if len(choices) < len(job.rows):
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": req.model,
-            "choices": [choices[i] for i in sorted(choices)],
-            "usage": usage(prompt_tokens, tokens),
-        }
+
+        def choice(ev: Finished) -> dict[str, Any]:
+            return {"index": ev.index, "text": ev.text, "logprobs": None, "finish_reason": ev.reason}
+
+        return await _whole(request, job, choice, rid, "text_completion", created, req.model, prompt_tokens)
 
     async def completion_stream(
         request: Request, job: Job, rid: str, created: int, model: str, include_usage: bool, prompt_tokens: int
