@@ -16,8 +16,22 @@ Python process (so peak RSS is its own) under transformers' Trainer, measured by
   template instead (SmolLM2's ChatML adds a system prompt: more real tokens per sample).
 
 Extra variants (ablations of our settings) are named `ours:key=value;key=value`, e.g.
-`ours:group_by_length=false` or `ours:packing=true`, or `ours:threads=1` (torch threads);
-pass them with --variants (comma-separated).
+`ours:group_by_length=false` or `ours:packing=true`; pass them with --variants (comma-separated).
+Keys that are not config keys: `threads=N` (torch threads), `optim=NAME` (TrainingArguments'
+optimizer, e.g. adamw_torch_fused), `attn=eager|sdpa` (attention implementation),
+`compile=true` (torch.compile of the model, inductor), `cpu_dropout=torch` (torch's own dropout
+instead of ours on CPU: the "before" of that change), `malloc=heap|jemalloc|tcmalloc` (the
+worker's allocator: glibc with its mmap and trim thresholds raised to 1 GiB and 4 GiB so freed
+activations stay in the heap, or Debian's libjemalloc2 / libtcmalloc-minimal4 by LD_PRELOAD).
+
+`--job long` runs the long-sample job instead (bench/peer_data.py): the first 40 records of
+LLaMA-Factory's alpaca_zh_demo (73-697 tokens with SmolLM2's ChatML), one epoch, batch 4,
+max length 1024, LoRA r8/alpha 16/dropout 0.05 on all linear layers, lr 1e-4, no evaluation,
+the chat template. Each run's MFU is its useful FLOP rate over the fp32 matrix-product rate
+measured by the driver in the same run (2048^3, torch's threads; the median of the
+measurements taken before and after every run): useful FLOPs = 4 x the base
+model's parameters per real token (forward + input gradients; the frozen base has no weight
+gradient), the formula of issue 16, which counts the embedding (tied to the output layer) too.
 
 Results go to bench/out/cpu-<timestamp>.json and a markdown table on stdout; copy the table into
 bench/RESULTS.md with the date. Run when the machine is otherwise idle (`uptime` load < 0.5):
@@ -29,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +69,76 @@ def parse_overrides(spec: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- workers
-def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
+LONG_JOB = {
+    "template": "auto",
+    "batch_size": 4,
+    "max_length": 1024,
+    "epochs": 1,
+    "eval_fraction": 0,
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.05,
+    "learning_rate": 1e-4,
+    "target_modules": "all-linear",
+    "logging_steps": 1,
+    "save_steps": 1000,
+}
+
+
+MALLOC = {
+    "heap": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32)},
+    "jemalloc": {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},
+    "tcmalloc": {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"},
+}
+
+
+def malloc_env(variant: str) -> dict[str, str]:
+    """The environment a variant's `malloc=...` asks for (read by the allocator at process start)."""
+    name = parse_overrides(variant.partition(":")[2].replace(";", ",")).get("malloc")
+    return MALLOC[name] if name else {}
+
+
+def apply_knobs(overrides: dict[str, str]) -> dict[str, str]:
+    """Apply the variant keys that are not config keys (see the module docstring); return the rest."""
+    import torch
+
+    from lora_finetune.training import run
+
+    overrides.pop("malloc", None)  # applied by the driver (malloc_env)
+    if "threads" in overrides:  # torch's intra-op thread count
+        torch.set_num_threads(int(overrides.pop("threads")))
+    optim = overrides.pop("optim", None)
+    compile_ = overrides.pop("compile", "false").lower() == "true"
+    if optim or compile_:
+        build = run.build_training_args
+
+        def patched(*a, **kw):
+            args = build(*a, **kw)
+            if optim:
+                args.optim = optim
+            if compile_:
+                args.torch_compile = True
+                args.torch_compile_backend = "inductor"
+            return args
+
+        run.build_training_args = patched
+    attn = overrides.pop("attn", None)
+    if attn:
+        attach = run.attach_lora
+
+        def with_attn(model, *a, **kw):
+            model.set_attn_implementation(attn)
+            return attach(model, *a, **kw)
+
+        run.attach_lora = with_attn
+    if overrides.pop("cpu_dropout", None) == "torch":
+        from lora_finetune.models import adapters
+
+        adapters.use_cheap_cpu_dropout = lambda model: 0
+    return overrides
+
+
+def worker(variant: str, steps: int, warmup: int, result: Path, job: str = "demo") -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -98,13 +182,16 @@ def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
                 "steps": steps,
                 "template": "seed",
             }
+            if job == "long":
+                from peer_data import job_files
+
+                train_file, _ = job_files(Path(tmp) / "data")
+                values = {"model_name": "smollm2-135m-instruct", "output_dir": str(Path(tmp) / "ours")}
+                values.update(LONG_JOB, data_path=str(train_file))
             name, _, spec = variant.partition(":")
             if name == "ours-chat":
                 values["template"] = "auto"
-            overrides = parse_overrides(spec)
-            if "threads" in overrides:  # not a config key: torch's intra-op thread count
-                torch.set_num_threads(int(overrides.pop("threads")))
-            values.update(overrides)
+            values.update(apply_knobs(parse_overrides(spec)))
             cfg = build_config(values)
             probe = ThroughputProbe(pad_token_id=2)  # SmolLM2: pad = eos = <|im_end|> (id 2)
             res = train(cfg, callbacks=[probe])
@@ -123,9 +210,14 @@ def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
                         "gradient_checkpointing",
                         "eval_steps",
                         "save_steps",
+                        "dropout",
+                        "memory_budget",
                     )
                 },
                 "trainer_real_tokens_per_s": res.metrics.get("real_tokens_per_second"),
+                "train_loss": res.metrics.get("train_loss"),
+                "memory_plan": res.resolved.extra.get("memory_plan"),
+                "memory": res.metrics.get("memory"),
             }
     summary = probe.summary(warmup)
     summary.update(
@@ -143,14 +235,22 @@ def worker(variant: str, steps: int, warmup: int, result: Path) -> None:
 
 
 # --------------------------------------------------------------------------- driver
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.0f}%"
+
+
+def last_loss(r: dict) -> str:
+    return f"{r['losses'][-1][1]:.4f}" if r.get("losses") else ""
+
+
 def table(results: list[dict]) -> str:
     from common import fmt, fmt_bytes
 
     seed = next((r for r in results if r["variant"] == "seed"), None)
     head = (
         "| pipeline | step time (s) | real tok/s | padded tok/s | padding | peak RSS | "
-        "RSS growth in training | ours/seed (real tok/s) |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "RSS growth in training | ours/seed (real tok/s) | MFU | final loss |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for r in results:
@@ -167,7 +267,8 @@ def table(results: list[dict]) -> str:
             f"{fmt(r['padded_tokens_per_s'])} | {100 * r['padding_fraction']:.0f}% | "
             f"{fmt_bytes(r.get('peak_rss_bytes'))} | "
             f"{fmt_bytes(r.get('rss_growth_in_training_bytes'))} | "
-            f"{'' if ratio is None else f'{ratio:.1f}x'} |"
+            f"{'' if ratio is None else f'{ratio:.1f}x'} | "
+            f"{pct(r.get('mfu'))} | {last_loss(r)} |"
         )
     return "\n".join(lines)
 
@@ -183,13 +284,14 @@ def main() -> int:
     ap.add_argument("--ours-steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="4 seed steps, 20 of ours")
+    ap.add_argument("--job", choices=["demo", "long"], default="demo", help="demo samples, or the long-sample job")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker, a.steps, a.warmup, a.result)
+        worker(a.worker, a.steps, a.warmup, a.result, a.job)
         return 0
     if a.quick:
         a.seed_steps, a.ours_steps = 4, 20
@@ -199,8 +301,13 @@ def main() -> int:
     out = a.out or HERE / "out" / f"cpu-{stamp}.json"
     results = []
     load_start = os.getloadavg()
+    from common import matmul_gflops
+
+    ceiling = [matmul_gflops()]
+    print(f"[bench] fp32 2048^3 matmul: {ceiling[0]:.1f} GFLOP/s", file=sys.stderr, flush=True)
     for v in variants:
         steps = a.seed_steps if v == "seed" else a.ours_steps
+        env = {**os.environ, **malloc_env(v)}
         res_file = out.parent / f".{out.stem}-{len(results)}.json"
         print(f"[bench] {v}: {steps} steps ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
@@ -216,9 +323,12 @@ def main() -> int:
                 str(a.warmup),
                 "--result",
                 str(res_file),
+                "--job",
+                a.job,
             ],
             capture_output=True,
             text=True,
+            env=env,
         )
         if proc.returncode != 0 or not res_file.exists():
             results.append(
@@ -231,6 +341,7 @@ def main() -> int:
             continue
         r = json.loads(res_file.read_text())
         res_file.unlink()
+        ceiling.append(matmul_gflops())  # after each run too: the machine's state can drift
         results.append(r)
         print(
             f"[bench] {v}: {r['real_tokens_per_s']:.1f} real tok/s, step "
@@ -243,6 +354,14 @@ def main() -> int:
     info = run_info()
     info["load_average_start"] = load_start
     info["load_average_end"] = os.getloadavg()
+    info["matmul_fp32_gflops"] = ceiling
+    # The ceiling moves by +-10% between measurements on this shared machine: MFU is against
+    # the median of all of them (each itself a median of 10 products).
+    peak = statistics.median(ceiling)
+    for r in results:
+        if "real_tokens_per_s" in r and r.get("base_params"):
+            r["useful_gflops"] = 4 * r["base_params"] * r["real_tokens_per_s"] / 1e9
+            r["mfu"] = r["useful_gflops"] / peak
     write_json(out, {"info": info, "results": results})
     print(
         f"\nCPU benchmark, {info['date']}, {info['device']['cpu']} x{info['device']['cpu_count']}"
@@ -250,6 +369,10 @@ def main() -> int:
         f"{load_start[0]:.2f}, end {info['load_average_end'][0]:.2f}"
     )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(
+        f"fp32 matmul ceiling (2048^3, median of 10, measured before and after each run): "
+        f"{', '.join(f'{c:.0f}' for c in ceiling)} GFLOP/s; MFU uses their median"
+    )
     print(table(results))
     print(f"\n(json: {out})")
     return 0 if all("error" not in r for r in results) else 1

@@ -115,6 +115,8 @@ class ThroughputProbe(TrainerCallback):
         self._hook = None
         self.rss_train_start: int | None = None
         self.model_params: int | None = None
+        self.base_params: int | None = None
+        self.losses: list[tuple[int, float]] = []
 
     def _sync(self) -> None:
         if self.cuda:
@@ -130,6 +132,7 @@ class ThroughputProbe(TrainerCallback):
 
         self._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
         self.model_params = sum(p.numel() for p in model.parameters())
+        self.base_params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -157,6 +160,10 @@ class ThroughputProbe(TrainerCallback):
         self._tokens = [0, 0]
         self._learned = 0
         self._last_end = now
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
 
     def on_train_end(self, args, state, control, **kw):
         if self._hook is not None:
@@ -188,6 +195,8 @@ class ThroughputProbe(TrainerCallback):
             "real_tokens_per_step": real / len(steps),
             "padded_tokens_per_step": padded / len(steps),
             "per_step": [{k: round(v, 4) for k, v in s.items()} for s in self.steps],
+            "losses": self.losses,
+            "base_params": self.base_params,
         }
         if self.cuda:
             out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()
@@ -249,6 +258,20 @@ def run_info() -> dict[str, Any]:
         "device": device_info(),
         "versions": versions(),
     }
+
+
+def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """Median rate of an n^3 matrix product with torch's current threads (the MFU denominator)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def write_json(path: Path, data: Any) -> None:

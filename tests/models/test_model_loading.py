@@ -199,3 +199,38 @@ def test_weightless_and_real_model_builds_in_threads_do_not_mix(tiny_models):
     assert not errors and len(loaded) == 2
     assert all(p.device.type != "meta" for m in loaded for p in m.parameters())
     assert nn.Module.register_parameter is original  # nothing left patched
+
+
+def test_half_precision_on_a_cpu_without_native_support_warns(tiny_qwen3, monkeypatch, caplog):
+    """bf16/fp16 on a CPU that emulates them is ~5x slower than fp32 (TRL's default bf16=True
+    hits this): say so. A CPU with native bf16 (AVX512-BF16/AMX) gets no warning."""
+    import logging
+
+    import torch
+
+    from lora_finetune.models import loading
+
+    monkeypatch.setattr(loading, "cpu_native_half", lambda dtype: False)
+    with caplog.at_level(logging.WARNING, logger="lora_finetune.models.loading"):
+        loaded = loading.load_model(str(tiny_qwen3), dtype="bf16")
+    assert loaded.model.dtype == torch.bfloat16
+    assert "without native bf16" in caplog.text and "5x slower" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(loading, "cpu_native_half", lambda dtype: True)
+    with caplog.at_level(logging.WARNING, logger="lora_finetune.models.loading"):
+        loading.load_model(str(tiny_qwen3), dtype="bf16")
+        loading.load_model(str(tiny_qwen3), dtype="auto")
+    assert "native" not in caplog.text
+
+
+def test_cpu_native_half_reads_torchs_probes(monkeypatch):
+    import torch
+
+    from lora_finetune.models.loading import cpu_native_half
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_native_half("bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False, raising=False)
+    assert not cpu_native_half("bf16") and not cpu_native_half("fp16")

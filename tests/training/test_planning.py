@@ -117,6 +117,17 @@ def test_micro_batches_give_the_same_adapter_and_the_plan_is_recorded(tiny_qwen3
     assert record["batch_size"] == 2 and record["gradient_accumulation_steps"] == 2
     assert record["resolved"]["memory_plan"]["requested"]["batch_size"] == 4
     assert any(n.startswith("memory plan:") for n in record["resolved"]["notes"])
+    # metrics.json puts the plan's estimate next to the measured peak (RSS on a CPU)
+    memory = planned.metrics["memory"]
+    assert memory["budget_bytes"] == pytest.approx(budget, rel=1e-4)  # as given, in MB with 3 decimals
+    assert 0 < memory["estimated_peak_bytes"] <= budget
+    assert memory["measured_peak_bytes"] > 50 * 2**20 and memory["measured"].startswith("peak RSS")
+    # on a CPU the estimate is compared with the peak above the RSS the process had when it planned
+    above = memory["measured_peak_bytes"] - memory["rss_when_planned_bytes"]
+    assert memory["measured_above_plan_bytes"] == above > 0
+    assert memory["estimate_error"] == pytest.approx(memory["estimated_peak_bytes"] / above - 1, abs=1e-3)
+    # a run as asked (budget auto: free RAM) records them too
+    assert whole.metrics["memory"]["estimated_peak_bytes"] > 0 and whole.metrics["memory"]["measured_peak_bytes"] > 0
 
 
 def test_resume_keeps_the_checkpoints_plan(tiny_qwen3, tmp_path, monkeypatch):

@@ -309,7 +309,7 @@ def layer_activations(shape: ModelShape, setup: Setup, targets: list[str], token
         d = lins[0].in_features
         n = len(lins)
         if setup.dropout > 0:
-            mask = 1 if setup.device == "cuda" else 4  # CUDA: bool mask; CPU: x * mask
+            mask = 1  # a bool mask: CUDA's fused dropout, and models/dropout.py on the CPU
             saved_input = b if autocast else 4  # peft casts x to the fp32 LoRA dtype
             lora += n * (mask + saved_input) * d
         elif b == 4:
@@ -374,6 +374,11 @@ def estimate_memory(shape: ModelShape, setup: Setup) -> Estimate:
     overhead = (0.5 * GiB + 0.05 * (weights + lora + activations + logits + other)) if setup.device == "cuda" else 0.0
     if setup.device == "cuda" and setup.dtype == "fp32":
         notes.append("fp32 on GPU: bf16 halves weights and activations")
+    if setup.device == "cpu":
+        notes.append(
+            "CPU: this is live memory (the peak RSS under tcmalloc); glibc's malloc keeps ~1.7x the "
+            "activations and logits resident, which training's memory planning adds"
+        )
     return Estimate(
         setup=setup,
         weights=weights,

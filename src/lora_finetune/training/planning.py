@@ -12,6 +12,11 @@ not fit, the cheapest change that does is taken, in this order, and said in one 
 Nothing that changes results (quantisation, max_length, r) is chosen for the user. When nothing
 fits, the run stops before loading weights, naming the smallest layout's estimate and what the
 user could change.
+
+On a CPU the budget is RSS, and glibc's malloc keeps more of a step's transient tensors resident
+than are live: the per-step part of the estimate is scaled by allocator.py's factor (1 under
+tcmalloc). Afterwards `memory_report` puts the estimate next to the measured peak in
+metrics.json, so every run checks its estimate.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
+from .allocator import rss_factor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,12 @@ class MemoryPlan:
     """Config keys changed, with their new values (empty: as asked)."""
     requested: dict[str, Any] = field(default_factory=dict)
     """The same keys as asked."""
+    baseline: float | None = None
+    """On a CPU, this process's RSS when the plan was made (imports, tokenizer, data): already
+    outside the free RAM the budget was read from, so the estimate is compared with the peak
+    above it."""
+    rss_factor: float = 1.0
+    """The allocator's factor applied to the per-step part of the estimate (allocator.py)."""
 
     @property
     def note(self) -> str | None:
@@ -69,6 +81,45 @@ def free_memory(on_gpu: bool) -> float | None:
     except OSError:
         pass
     return None
+
+
+def _proc_status_bytes(key: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory_used(on_gpu: bool) -> float | None:
+    """What the run actually peaked at: the GPU allocator's high-water mark, or on a CPU this
+    process's peak resident set (VmHWM: weights, data and training together)."""
+    if on_gpu:
+        return float(torch.cuda.max_memory_allocated())
+    return _proc_status_bytes("VmHWM")
+
+
+def memory_report(plan: MemoryPlan, on_gpu: bool) -> dict[str, Any]:
+    """metrics.json's `memory`: the estimate the plan was made with next to what was measured."""
+    measured = peak_memory_used(on_gpu)
+    out: dict[str, Any] = {
+        "estimated_peak_bytes": round(plan.estimate) if plan.estimate else None,
+        "budget_bytes": round(plan.budget) if plan.budget else None,
+        "measured_peak_bytes": round(measured) if measured else None,
+        "measured": "torch.cuda.max_memory_allocated" if on_gpu else "peak RSS of the process (VmHWM)",
+        "allocator_rss_factor": plan.rss_factor,
+    }
+    used = measured
+    if not on_gpu and measured and plan.baseline:
+        used = measured - plan.baseline
+        out["rss_when_planned_bytes"] = round(plan.baseline)
+        out["measured_above_plan_bytes"] = round(used)
+    if plan.estimate and used:
+        out["estimate_error"] = round(plan.estimate / used - 1, 3)
+    return out
 
 
 def budget_bytes(spec: str, on_gpu: bool) -> float | None:
@@ -111,6 +162,7 @@ def plan_memory(
     if budget is None:
         return MemoryPlan(None)
     shape = load_shape(model_path, cfg.trust_remote_code)
+    factor = rss_factor(on_gpu)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     tokens = max(1, min(longest, cfg.max_length))
 
@@ -126,14 +178,17 @@ def plan_memory(
             dropout=cfg.dropout,
             device="cuda" if on_gpu else "cpu",
         )
-        return estimate_memory(shape, setup).total
+        est = estimate_memory(shape, setup)
+        # On a CPU under glibc's malloc a step keeps more resident than it uses (allocator.py).
+        return est.total + (factor - 1) * (est.activations + est.logits)
 
     layouts = _layouts(cfg)
     for layout in layouts:
         peak = estimate(layout)
         if peak <= budget:
             requested = {k: getattr(cfg, k) for k in layout}
-            return MemoryPlan(budget, peak, dict(layout), requested)
+            baseline = None if on_gpu else _proc_status_bytes("VmRSS")
+            return MemoryPlan(budget, peak, dict(layout), requested, baseline, factor)
     smallest = estimate(layouts[-1])
     where = "the GPU's free memory" if on_gpu else "free RAM"
     raise ConfigError(
@@ -145,4 +200,4 @@ def plan_memory(
     )
 
 
-__all__ = ["MemoryPlan", "budget_bytes", "free_memory", "plan_memory"]
+__all__ = ["MemoryPlan", "budget_bytes", "free_memory", "memory_report", "peak_memory_used", "plan_memory"]

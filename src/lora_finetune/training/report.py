@@ -92,6 +92,7 @@ def collect_metrics(
     trainable: int,
     total: int,
     tokens_before: int = 0,
+    memory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     history = trainer.state.log_history
     # tokens this process trained on (a resumed run's count starts at the checkpoint's)
@@ -113,6 +114,7 @@ def collect_metrics(
         "total_params": total,
         "samples": {"train": len(data.train), "eval": len(data.eval), "dropped_too_long": data.stats.too_long},
         "tokens": {"answer": data.stats.answer_tokens, "prompt_masked": data.stats.prompt_tokens},
+        "memory": memory or {},
         "log_history": history,
     }
 

@@ -48,6 +48,7 @@ from ..models import (
     resolve_target_modules,
 )
 from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
+from .allocator import allocator_note, release_freed_memory
 from .batching import LENGTH_COLUMN, LengthGroupedSampler, make_collator, with_lengths  # throughput: batch layout
 from .callbacks import (
     RECIPE,
@@ -60,7 +61,7 @@ from .callbacks import (
 )
 from .dataset import PreparedData, prepare_data
 from .kernels import apply_liger  # throughput: fused kernels
-from .planning import MemoryPlan, plan_memory
+from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
 
 if TYPE_CHECKING:
@@ -380,8 +381,18 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     cfg = dataclasses.replace(cfg, **plan.changes)
     if plan.note:
         log.info(plan.note)
+    elif plan.estimate and plan.budget:
+        log.info(
+            "memory: estimated peak %.1f GiB of %.1f GiB memory_budget (%s)%s",
+            plan.estimate / 2**30,
+            plan.budget / 2**30,
+            cfg.memory_budget,
+            f"; activations x{plan.rss_factor:g} for glibc's malloc" if plan.rss_factor != 1 else "",
+        )
 
     # 4. Model + LoRA.
+    if not torch.cuda.is_available():
+        log.info(allocator_note())
     loaded = load_model(
         model_path, dtype=cfg.dtype, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code
     )
@@ -416,6 +427,7 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     )
     trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
     runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
+    release_freed_memory()
     overfit = _callback(trainer, OverfitWarning).warning
     if overfit:
         notes.append(overfit)
@@ -435,7 +447,14 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         extra={"memory_plan": {"requested": plan.requested, "used": plan.changes}} if plan.changes else {},
     )
     metrics = collect_metrics(
-        trainer, runtime, eval_metrics, data, trainable, total, tokens_before=tokens_seen_at(resume_from)
+        trainer,
+        runtime,
+        eval_metrics,
+        data,
+        trainable,
+        total,
+        tokens_before=tokens_seen_at(resume_from),
+        memory=memory_report(plan, on_gpu=torch.cuda.is_available()),
     )
     final = Path(cfg.output_dir)
     try:
