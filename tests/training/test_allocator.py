@@ -53,7 +53,7 @@ def test_rss_factor_follows_the_allocator(monkeypatch):
     glibc = allocator._glibc() is not None
     assert allocator.rss_factor(on_gpu=False) == (allocator.GLIBC_RSS_FACTOR if glibc else 1.0)
     assert allocator.rss_factor(on_gpu=True) == 1.0  # the GPU's caching allocator is what is measured
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(allocator, "preloaded_allocator", lambda: "libtcmalloc_minimal.so.4")
     assert allocator.rss_factor(on_gpu=False) == 1.0
 
 
@@ -100,6 +100,17 @@ def test_training_on_a_cpu_names_the_allocator_and_releases_memory(tiny_qwen3, t
 
 
 def test_allocator_note_names_a_preloaded_allocator(monkeypatch):
+    # pretend the library is mapped into this process
+    real_open = open
+
+    def fake_open(path, *a, **kw):
+        if path == "/proc/self/maps":
+            import io
+
+            return io.StringIO("7f00 r-xp /usr/lib/libtcmalloc_minimal.so.4\n7f01 r-xp /usr/lib/libjemalloc.so.2\n")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", fake_open)
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
     monkeypatch.setenv("LORA_FINETUNE_ALLOCATOR", "tcmalloc")
     assert allocator.allocator_note().startswith("memory allocator: tcmalloc (preloaded by lora-finetune")
@@ -107,3 +118,10 @@ def test_allocator_note_names_a_preloaded_allocator(monkeypatch):
     assert "tcmalloc (LD_PRELOAD" in allocator.allocator_note()
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
     assert allocator.allocator_note() == "memory allocator: /usr/lib/libjemalloc.so.2 (LD_PRELOAD)"
+
+
+def test_a_preload_that_did_not_load_is_not_claimed(monkeypatch):
+    """ld.so skips a library it cannot load; then glibc's malloc is what runs."""
+    monkeypatch.setenv("LD_PRELOAD", "/nonexistent/libtcmalloc_minimal.so.4")
+    assert allocator.preloaded_allocator() is None
+    assert allocator.allocator_note().startswith("memory allocator: glibc's")

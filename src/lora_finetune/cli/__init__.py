@@ -141,7 +141,10 @@ def preload_tcmalloc(argv: list[str], env: dict[str, str] | None = None) -> None
     env[ALLOCATOR_ENV] = "tcmalloc"  # the re-executed process does not try again
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "lora_finetune", *argv], env)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "lora_finetune", *argv], env)
+    except OSError:  # cannot start Python again (odd installs): train with glibc's malloc
+        return
 
 
 def choose_threads(cpus: int, load: float) -> int:

@@ -39,9 +39,18 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def preloaded_allocator() -> str | None:
-    """LD_PRELOAD when it names a malloc replacement (tcmalloc, jemalloc, mimalloc ...)."""
+    """LD_PRELOAD when it names a malloc replacement (tcmalloc, jemalloc, mimalloc ...) that is
+    actually loaded (the dynamic linker skips, with a warning, a library it cannot load)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    return preload if "malloc" in preload else None
+    if "malloc" not in preload:
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            maps = f.read()
+    except OSError:
+        return preload  # no /proc: trust the variable
+    names = [os.path.basename(p) for p in preload.replace(":", " ").split() if "malloc" in p]
+    return preload if any(n and n in maps for n in names) else None
 
 
 def rss_factor(on_gpu: bool) -> float:
