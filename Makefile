@@ -84,7 +84,7 @@ chromium:
 	else echo "chromium not found and not root: the web UI browser tests will be skipped (sudo apt-get install -y chromium to run them)"; fi
 
 # tcmalloc for CPU training: `lora-finetune train` preloads it when the system has it (14% more
-# tokens/s and a 30% lower peak RSS on the long-batch job, bench/RESULTS.md; `make demo` starts
+# tokens/s and a 35% lower peak RSS on the long-batch job, bench/RESULTS.md; `make demo` starts
 # the lesson script with it in LD_PRELOAD). Installed from Debian when missing and running as
 # root; otherwise glibc's malloc is used and everything works as before.
 tcmalloc:

@@ -127,7 +127,7 @@ def preload_tcmalloc(argv: list[str], env: dict[str, str] | None = None) -> None
 
     Why: CPU training frees and re-allocates the same GiBs every step; glibc's malloc returns
     them to the kernel and faults them back in, tcmalloc keeps them. Measured on the long-batch
-    job (bench/RESULTS.md): 14% more tokens/s and a 30% lower peak RSS. Skipped when
+    job (bench/RESULTS.md): 14% more tokens/s and a 35% lower peak RSS. Skipped when
     LORA_FINETUNE_ALLOCATOR=system, when LD_PRELOAD already names an allocator, off Linux, or
     when no tcmalloc is installed (then `pip`-only machines train exactly as before)."""
     env = dict(os.environ if env is None else env)
