@@ -81,3 +81,13 @@ def test_the_command_trains_under_tcmalloc(tiny_qwen3, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "memory allocator: tcmalloc (preloaded by lora-finetune" in out.stderr
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_an_exec_failure_trains_on_without_tcmalloc(monkeypatch):
+    def failing_execve(path, args, env):
+        raise OSError("exec format error")
+
+    monkeypatch.setattr(cli.os, "execve", failing_execve)
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    monkeypatch.setattr(cli, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    assert cli.preload_tcmalloc(["train"], env={}) is None  # returned: the run goes on in this process
