@@ -20,6 +20,7 @@ LAYER = {
     "errors": 0,
     "choices": 0,
     "folders": 0,
+    "allocator": 0,
     "config": 1,
     "run_record": 2,
     "data": 2,

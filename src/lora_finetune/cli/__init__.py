@@ -14,6 +14,7 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
+from ..allocator import ALLOCATOR_ENV, find_tcmalloc, names_allocator
 from ..errors import LoraFinetuneError
 
 log = logging.getLogger(__name__)
@@ -108,20 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-ALLOCATOR_ENV = "LORA_FINETUNE_ALLOCATOR"
-
-
-def find_tcmalloc() -> str | None:
-    """tcmalloc's shared library where the system has one (Debian/Ubuntu: libtcmalloc-minimal4)."""
-    import ctypes.util
-
-    for name in ("tcmalloc_minimal", "tcmalloc"):
-        found = ctypes.util.find_library(name)
-        if found:
-            return found
-    return None
-
-
 def preload_tcmalloc(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run `train` again under tcmalloc when the system has it (os.execve: same process id).
 
@@ -132,7 +119,7 @@ def preload_tcmalloc(argv: list[str], env: dict[str, str] | None = None) -> None
     when no tcmalloc is installed (then `pip`-only machines train exactly as before)."""
     env = dict(os.environ if env is None else env)
     choice = env.get(ALLOCATOR_ENV, "auto").strip().lower()
-    if choice != "auto" or sys.platform != "linux" or "malloc" in env.get("LD_PRELOAD", ""):
+    if choice != "auto" or sys.platform != "linux" or names_allocator(env.get("LD_PRELOAD", "")):
         return
     lib = find_tcmalloc()
     if lib is None:

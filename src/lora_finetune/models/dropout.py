@@ -19,6 +19,8 @@ Elsewhere (a CUDA tensor, evaluation mode, p == 0) it is `torch.nn.functional.dr
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,9 +32,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     """A boolean keep-mask of `shape` (each element True with probability ~1 - p) and the scale
     1 / (exact keep-probability) for the kept elements."""
     dropped_levels = round(p * _LEVELS)
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64)
     # random_(from, to) with the full signed range: all 64 bits random (plain random_() on int64
     # leaves the top bit 0, which would bias every fourth 16-bit value).

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from ..allocator import rss_factor
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
-from .allocator import rss_factor
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from ..allocator import allocator_note, release_freed_memory
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError, LoraFinetuneError, TrainingError
 from ..folders import (
@@ -48,7 +49,6 @@ from ..models import (
     resolve_target_modules,
 )
 from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
-from .allocator import allocator_note, release_freed_memory
 from .batching import LENGTH_COLUMN, LengthGroupedSampler, make_collator, with_lengths  # throughput: batch layout
 from .callbacks import (
     RECIPE,

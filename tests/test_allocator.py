@@ -1,4 +1,4 @@
-"""training/allocator.py: what the allocator does to RSS, and how planning accounts for it."""
+"""allocator.py: what the allocator does to RSS, and how planning accounts for it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lora_finetune.training import allocator
+from lora_finetune import allocator
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(
 PROBE = """
 import re
 import numpy as np
-from lora_finetune.training.allocator import release_freed_memory
+from lora_finetune.allocator import release_freed_memory
 
 def rss():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024

@@ -11,7 +11,8 @@ and 6.5-7.0 GiB under tcmalloc, where our estimate (live memory) said 6.4 (bench
 - memory planning multiplies the per-step part of the estimate (activations and logits) by
   `GLIBC_RSS_FACTOR` under glibc, and by 1 under tcmalloc/jemalloc or on a GPU;
 - `lora-finetune train` re-executes itself with tcmalloc preloaded when the system has it
-  (cli/__init__.py): 14% more tokens/s and the live peak as RSS;
+  (cli/__init__.py, with `find_tcmalloc` and `names_allocator` from here): 14% more tokens/s and
+  the live peak as RSS;
 - fixing glibc's threshold instead (`mallopt(M_MMAP_THRESHOLD, 128 KiB)`) made RSS follow live
   memory too, but training 38% slower (every block faulted in again each step): not used;
   gradient checkpointing is the cheaper way to fit.
@@ -38,18 +39,36 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
+ALLOCATOR_ENV = "LORA_FINETUNE_ALLOCATOR"
+"""`auto` (default): `lora-finetune train` preloads tcmalloc when installed; `system`: it does not."""
+
+
+def find_tcmalloc() -> str | None:
+    """tcmalloc's shared library where the system has one (Debian/Ubuntu: libtcmalloc-minimal4)."""
+    for name in ("tcmalloc_minimal", "tcmalloc"):
+        found = ctypes.util.find_library(name)
+        if found:
+            return found
+    return None
+
+
+def names_allocator(preload: str) -> bool:
+    """Whether an LD_PRELOAD value asks for a malloc replacement (tcmalloc, jemalloc, mimalloc ...)."""
+    return "malloc" in preload
+
+
 def preloaded_allocator() -> str | None:
-    """LD_PRELOAD when it names a malloc replacement (tcmalloc, jemalloc, mimalloc ...) that is
-    actually loaded (the dynamic linker skips, with a warning, a library it cannot load)."""
+    """LD_PRELOAD when it names a malloc replacement that is actually loaded (the dynamic linker
+    skips, with a warning, a library it cannot load)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    if "malloc" not in preload:
+    if not names_allocator(preload):
         return None
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
             maps = f.read()
     except OSError:
         return preload  # no /proc: trust the variable
-    names = [os.path.basename(p) for p in preload.replace(":", " ").split() if "malloc" in p]
+    names = [os.path.basename(p) for p in preload.replace(":", " ").split() if names_allocator(p)]
     return preload if any(n and n in maps for n in names) else None
 
 
@@ -64,8 +83,8 @@ def allocator_note() -> str:
     """One line for the log: which allocator this CPU run uses, and how to get the faster one."""
     preload = preloaded_allocator()
     if preload and "tcmalloc" in preload:
-        how = "preloaded by lora-finetune" if os.environ.get("LORA_FINETUNE_ALLOCATOR") == "tcmalloc" else "LD_PRELOAD"
-        return f"memory allocator: tcmalloc ({how}; LORA_FINETUNE_ALLOCATOR=system keeps glibc's)"
+        how = "preloaded by lora-finetune" if os.environ.get(ALLOCATOR_ENV) == "tcmalloc" else "LD_PRELOAD"
+        return f"memory allocator: tcmalloc ({how}; {ALLOCATOR_ENV}=system keeps glibc's)"
     if preload:
         return f"memory allocator: {preload} (LD_PRELOAD)"
     return (
@@ -85,4 +104,13 @@ def release_freed_memory() -> None:
             pass
 
 
-__all__ = ["GLIBC_RSS_FACTOR", "allocator_note", "preloaded_allocator", "release_freed_memory", "rss_factor"]
+__all__ = [
+    "ALLOCATOR_ENV",
+    "GLIBC_RSS_FACTOR",
+    "allocator_note",
+    "find_tcmalloc",
+    "names_allocator",
+    "preloaded_allocator",
+    "release_freed_memory",
+    "rss_factor",
+]
