@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .flags import bool_flag
+
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..models.chatglm import convert_chatglm
@@ -30,5 +32,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="override version detection (normally read from the folder)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    bool_flag(p, "overwrite", help="replace an existing DST")
     p.set_defaults(func=cmd_convert)

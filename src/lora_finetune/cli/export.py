@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..choices import EXPORT_FORMATS, EXPORT_OUTTYPES
-from .flags import opt
+from .flags import bool_flag, opt
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
     opt(e, "output", type=Path, required=True, metavar="DIR", help="new folder for the exported files")
     opt(e, "format", default="gguf", choices=EXPORT_FORMATS, help="what to write (default gguf)")
     opt(e, "outtype", default="f16", choices=EXPORT_OUTTYPES, help="weight type in the GGUF (default f16)")
-    opt(e, "with-base", action="store_true", help="gguf-lora: also write the base model as GGUF")
-    opt(e, "overwrite", action="store_true", help="replace an existing --output folder")
+    bool_flag(e, "with-base", help="gguf-lora: also write the base model as GGUF")
+    bool_flag(e, "overwrite", help="replace an existing --output folder")
     opt(e, "base_model", metavar="NAME_OR_PATH", help="override the base in run_config.yaml")
     e.set_defaults(func=cmd_export)
     _register_export_adapter(sub)
@@ -95,5 +95,5 @@ def _register_export_adapter(sub: Any) -> None:
     p.add_argument("--adapter", required=True, help="the adapter folder (output_dir of a training run)")
     p.add_argument("--format", choices=["chatglm"], default="chatglm", help="the target format (chatglm)")
     p.add_argument("--output", required=True, help="the folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    bool_flag(p, "overwrite", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export_adapter)

@@ -27,7 +27,16 @@ def parse_bool_flag(text: str) -> bool:
     try:
         return parse_bool(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(
+            f"{e} (a flag given without a value goes after the other arguments, or give it one: --flag true)"
+        ) from None
+
+
+def bool_flag(p: argparse.ArgumentParser | Any, name: str, help: str | None = None) -> None:
+    """A true/false setting that is also a flag: `--name` alone means true, `--name true|false`
+    (yes/no, on/off, 1/0) says it outright -- the spelling config files use, so `--overwrite true`
+    works wherever `overwrite: true` does. Default false."""
+    opt(p, name, type=parse_bool_flag, nargs="?", const=True, default=False, metavar="BOOL", help=help)
 
 
 def load_flags(p: argparse.ArgumentParser, adapter_required: bool = True) -> None:
@@ -72,4 +81,4 @@ def gen_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     opt(p, "repetition_penalty", type=float, default=1.0, help="1.0 (default) is off")
 
 
-__all__ = ["gen_flags", "load_flags", "opt", "parse_bool_flag"]
+__all__ = ["bool_flag", "gen_flags", "load_flags", "opt", "parse_bool_flag"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..choices import MERGE_DTYPES, QUANTIZATIONS
 from ..errors import ConfigError
-from .flags import opt, parse_bool_flag
+from .flags import bool_flag, opt
 
 
 def _targets(text: str) -> Any:
@@ -198,7 +198,7 @@ def register(sub: Any) -> None:
         default=768,
         help="longest sample in tokens; the estimate pads every sample to it (default 768)",
     )
-    opt(e, "gradient_checkpointing", type=parse_bool_flag, nargs="?", const=True, default=False, metavar="BOOL")
+    bool_flag(e, "gradient_checkpointing", help="recompute activations in the backward pass")
     opt(
         e,
         "optimizer",
@@ -207,20 +207,11 @@ def register(sub: Any) -> None:
         help="adamw: two fp32 moments per LoRA parameter (default)",
     )
     opt(e, "dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    opt(
-        e,
-        "use_liger",
-        type=parse_bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help="liger-kernel fused linear+cross-entropy (no full logits)",
-    )
+    bool_flag(e, "use_liger", help="liger-kernel fused linear+cross-entropy (no full logits)")
     opt(e, "device", default="cuda", choices=["cuda", "cpu"], help="cuda (default) or cpu (RSS, fp32)")
     opt(e, "budget", metavar="SIZE", help="memory available, e.g. 24GB (GB = GiB here)")
-    opt(e, "trust_remote_code", action="store_true")
-    opt(e, "json", action="store_true", help="machine-readable output")
+    bool_flag(e, "trust_remote_code", help="allow the model folder's own Python code (only for models you trust)")
+    bool_flag(e, "json", help="machine-readable output")
     e.set_defaults(func=cmd_estimate)
 
     d = sub.add_parser(
@@ -246,16 +237,7 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="auto (default), all-linear, or names (space- or comma-separated)",
     )
-    opt(
-        d,
-        "trust_remote_code",
-        type=parse_bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="true|false",
-        help="allow the model folder's own Python code (only for models you trust)",
-    )
+    bool_flag(d, "trust_remote_code", help="allow the model folder's own Python code (only for models you trust)")
     d.set_defaults(func=cmd_modules)
     _register_data(sub)
 
@@ -327,5 +309,5 @@ def _register_data(sub: Any) -> None:
     opt(d, "max_length", type=int, default=768)
     opt(d, "show", type=int, default=2, help="how many rendered samples to show (default 2)")
     opt(d, "write_demo", metavar="FILE", help="write the 20 demo samples to FILE (.jsonl or .json)")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing --write-demo file")
+    bool_flag(d, "overwrite", help="replace an existing --write-demo file")
     d.set_defaults(func=cmd_data)

@@ -7,18 +7,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..choices import parse_bool
+from .flags import parse_bool_flag
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_overrides
     from ..training import require_checkpoint, train
 
     overrides = parse_overrides(args.overrides)
-    if args.resume:
-        overrides["resume"] = "auto"
-    if args.overwrite:
-        overrides["overwrite"] = "true"
+    if args.resume is not None:
+        # `--resume` / `--resume true`: there must be a checkpoint; `--resume auto` is the config's
+        # `resume: auto` (continue if there is one, else start); `--resume no` turns it off.
+        overrides["resume"] = "no" if args.resume is False else "auto"
+    if args.overwrite is not None:
+        overrides["overwrite"] = args.overwrite
     cfg = load_config(args.config, overrides)
-    if args.resume:
+    if args.resume is True:
         require_checkpoint(cfg)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -43,6 +48,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_value(text: str) -> bool | str:
+    """`--resume VALUE`: `auto`, or a yes/no word."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}") from None
+
+
 def _settings_help() -> str:
     from ..config import describe_fields
 
@@ -58,7 +73,24 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("--config", type=Path, help="YAML or JSON config file")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    t.add_argument(
+        "--resume",
+        type=_resume_value,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="auto|true|false",
+        help="continue an interrupted run from its last checkpoint (alone or `true`: there must be one; "
+        "`auto`: if there is one, else start; `false`: start anew)",
+    )
+    t.add_argument(
+        "--overwrite",
+        type=parse_bool_flag,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="replace an existing output_dir (alone or `true`)",
+    )
     # Every other --key value is a config setting, checked (all at once) by config.py.
     t.set_defaults(func=cmd_train, takes_overrides=True)

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ..choices import DATA_FORMATS, MERGE_DTYPES
 from ..errors import ConfigError
-from .flags import gen_flags, load_flags, opt
+from .flags import bool_flag, gen_flags, load_flags, opt
 
 
 def _quiet_hf() -> None:
@@ -302,12 +302,7 @@ def register(sub: Any) -> None:
         ),
     )
     load_flags(c, adapter_required=False)
-    opt(
-        c,
-        "base-only",
-        action="store_true",
-        help="chat with the base model alone (same template and settings), to compare",
-    )
+    bool_flag(c, "base-only", help="chat with the base model alone (same template and settings), to compare")
     opt(c, "system", help="system prompt (default: the one the adapter was trained with)")
     gen_flags(c, 512)
     c.set_defaults(func=cmd_chat)
@@ -332,7 +327,7 @@ def register(sub: Any) -> None:
     opt(g, "data_format", default="auto", choices=DATA_FORMATS)
     opt(g, "batch_size", type=int, default=8, help="prompts per batch (default 8)")
     opt(g, "max_samples", type=int, help="only the first N records")
-    opt(g, "base-only", action="store_true", help="generate with the base model alone")
+    bool_flag(g, "base-only", help="generate with the base model alone")
     gen_flags(g, 256)
     g.set_defaults(func=cmd_generate)
 
@@ -347,12 +342,12 @@ def register(sub: Any) -> None:
     opt(e, "data", type=Path, required=True, help="data with answers (same formats as train)")
     opt(e, "data_format", default="auto", choices=DATA_FORMATS)
     opt(e, "report", type=Path, help="JSON report path (default ADAPTER/eval_report.json)")
-    opt(e, "compare-base", action="store_true", help="also measure the base model (adapter switched off)")
-    opt(e, "base-only", action="store_true", help="measure the base model alone")
+    bool_flag(e, "compare-base", help="also measure the base model (adapter switched off)")
+    bool_flag(e, "base-only", help="measure the base model alone")
     opt(e, "max_samples", type=int, help="only the first N samples with answers")
     opt(e, "batch_size", type=int, default=8)
     opt(e, "max_new_tokens", type=int, default=128, help="longest generated answer (128)")
-    opt(e, "loss-only", action="store_true", help="skip generation (loss and perplexity only)")
+    bool_flag(e, "loss-only", help="skip generation (loss and perplexity only)")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser(
@@ -367,14 +362,9 @@ def register(sub: Any) -> None:
     opt(m, "adapter", type=Path, required=True, metavar="DIR")
     opt(m, "output", type=Path, required=True, metavar="DIR", help="new model folder")
     opt(m, "dtype", choices=MERGE_DTYPES, help="weights dtype (default: the dtype the adapter was trained in)")
-    opt(m, "overwrite", action="store_true", help="replace an existing --output folder")
+    bool_flag(m, "overwrite", help="replace an existing --output folder")
     opt(m, "base_model", metavar="NAME_OR_PATH", help="override the base in run_config.yaml")
     opt(m, "max_shard_size", default="2GB", help="largest safetensors shard (default 2GB)")
     opt(m, "device", help="where to merge and check (default cpu)")
-    opt(
-        m,
-        "no-check",
-        action="store_true",
-        help="skip reloading the merged folder to compare its logits with base+adapter",
-    )
+    bool_flag(m, "no-check", help="skip reloading the merged folder to compare its logits with base+adapter")
     m.set_defaults(func=cmd_merge)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .flags import bool_flag
+
 
 def cmd_webui(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
@@ -39,9 +41,9 @@ def register(sub: Any) -> None:
         default=Path("webui-work"),
         help="the folder the page works in: data/, outputs/, exports/ (default ./webui-work, created if missing)",
     )
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
+    bool_flag(
+        p,
+        "allow-remote",
         help="allow a --host other machines can reach (the page has no login: trusted networks only)",
     )
     p.set_defaults(func=cmd_webui)
