@@ -205,22 +205,29 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_qwen3, tmp_path):
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama", "glm", "gpt2"])
 @pytest.mark.parametrize("packing", [False, True])
-def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_models, tiny_tokenizer, kind, packing):
+@pytest.mark.parametrize("mode", ["mask", "positions"])
+def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_models, tiny_tokenizer, kind, packing, mode):
+    """Both ways of passing `logits_to_keep` (a boolean mask on transformers >= 5.22, positions
+    kept in every row on every 5.x) leave the loss and the LoRA gradients as they were."""
     from peft import LoraConfig, get_peft_model
 
-    from lora_finetune.training.batching import LabelLogitsCollator, supports_label_logits
+    from lora_finetune.training.batching import LabelLogitsCollator, label_logits_mode
 
     torch.manual_seed(0)
     targets = ["c_attn"] if kind == "gpt2" else ["q_proj", "v_proj"]
     model = get_peft_model(
         load(kind, tiny_models), LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
     )
-    assert supports_label_logits(model)
+    assert label_logits_mode(model) in ("mask", "positions")
+    if mode == "mask" and label_logits_mode(model) != "mask":
+        pytest.skip("this transformers (< 5.22) slices no boolean logits_to_keep mask; positions are used")
     rows = encoded_rows(tiny_tokenizer)
     inner = make_collator(tiny_tokenizer.pad_token_id, packing=packing, on_gpu=False)
-    full, lean = inner(rows), LabelLogitsCollator(inner)(rows)
+    full, lean = inner(rows), LabelLogitsCollator(inner, mode)(rows)
     n_learned = sum(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in rows)
-    assert int(lean["logits_to_keep"].sum()) == len(lean["shift_labels"]) == n_learned
+    assert int((lean["shift_labels"] != IGNORE_INDEX).sum()) == n_learned
+    if mode == "mask":
+        assert int(lean["logits_to_keep"].sum()) == len(lean["shift_labels"]) == n_learned
 
     def run(batch):
         model.zero_grad()
@@ -232,8 +239,35 @@ def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_models, tiny_t
     torch.testing.assert_close(out_lean.loss, out_full.loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_lean, g_full):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert out_lean.logits.shape[-2] == n_learned < out_full.logits.shape[-2]
-    assert (
-        make_collator(0, packing=packing, on_gpu=False, model=model, label_logits_only=True).__class__
-        is LabelLogitsCollator
-    )
+    kept = out_lean.logits.shape[-2]
+    if mode == "mask":
+        assert kept == n_learned < out_full.logits.shape[-2]
+    else:  # the positions where any row learns: fewer than all, at least the longest row's answer
+        assert out_lean.logits.shape[0] == out_full.logits.shape[0]
+        assert kept < out_full.logits.shape[-2]
+        assert kept >= max(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in rows)
+    made = make_collator(0, packing=packing, on_gpu=False, model=model, label_logits_only=True)
+    assert made.__class__ is LabelLogitsCollator and made.mode == label_logits_mode(model)
+
+
+def test_label_logits_mode_follows_the_models_module(tiny_models, monkeypatch):
+    """A model class whose module slices with transformers' `slice_logits_to_keep` (>= 5.22) takes
+    the boolean mask; the same class in a module without it (transformers 5.0-5.21, where a
+    boolean 2-D mask crashed every run with `IndexError: too many indices`) takes positions."""
+    import sys
+
+    from lora_finetune.training.batching import label_logits_mode
+
+    model = load("qwen3", tiny_models)
+    module = sys.modules[type(model).__module__]
+    has_slicer = getattr(module, "slice_logits_to_keep", None) is not None
+    assert label_logits_mode(model) == ("mask" if has_slicer else "positions")
+    if has_slicer:
+        monkeypatch.delattr(module, "slice_logits_to_keep")
+        assert label_logits_mode(model) == "positions"
+
+    class Remote(torch.nn.Module):  # remote code: never touched
+        def forward(self, input_ids=None, logits_to_keep=0):
+            return input_ids
+
+    assert label_logits_mode(Remote()) is None

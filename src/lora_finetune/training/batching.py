@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -97,20 +97,32 @@ def packed_boundaries(position_ids: torch.Tensor) -> list[int]:
     return [i for i, p in enumerate(pos) if i == 0 or p != pos[i - 1] + 1]
 
 
+LabelLogitsMode = Literal["mask", "positions"]
+"""How a model's forward takes `logits_to_keep` as a tensor:
+
+- `mask`: a boolean (batch, length) mask; the kept hidden states are flattened to (n, hidden).
+  transformers >= 5.22 (`modeling_utils.slice_logits_to_keep`). Exact: only learned positions.
+- `positions`: a 1-D tensor of positions kept in every row (`hidden_states[:, positions]`), what
+  every transformers 5.x accepts. Older releases index a boolean 2-D mask the same way and crash
+  (`IndexError: too many indices`), so there we keep the positions where *any* row learns: the
+  same loss, a little less saved than with the mask when rows' prompts differ in length (a packed
+  row, batch 1, is exact)."""
+
+
 @dataclass
 class LabelLogitsCollator:
     """Wrap a collator so the model builds logits only where the next token is learned.
 
     The output layer (hidden -> vocabulary) and the loss run on every position, yet only the
     positions whose next token has a label contribute to the loss: the prompt's do not. This
-    adds `logits_to_keep` (a boolean (batch, length) mask: transformers 5 then projects only
-    those hidden states, flattened) and `shift_labels` (the matching next-token labels, which
-    transformers' causal-LM loss and the Trainer's token count use as given). The loss is the
-    same number; the output layer's work and the (tokens x vocabulary) logits shrink to the
-    learned share of the tokens (bench/RESULTS.md).
+    adds `logits_to_keep` (see `LabelLogitsMode`) and `shift_labels` (the matching next-token
+    labels, which transformers' causal-LM loss and the Trainer's token count use as given). The
+    loss is the same number; the output layer's work and the (tokens x vocabulary) logits shrink
+    to the learned share of the tokens (bench/RESULTS.md).
     """
 
     inner: Any
+    mode: LabelLogitsMode = "mask"
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
@@ -122,28 +134,46 @@ class LabelLogitsCollator:
         keep = shifted != IGNORE_INDEX
         if not bool(keep.any()):
             return batch  # nothing learned in this batch: leave it as it is
-        batch["logits_to_keep"] = keep
-        batch["shift_labels"] = shifted[keep]
+        if self.mode == "mask":
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = shifted[keep]
+        else:
+            positions = keep.any(dim=0).nonzero().squeeze(1)
+            batch["logits_to_keep"] = positions
+            batch["shift_labels"] = shifted[:, positions]
         return batch
 
 
-def supports_label_logits(model: PreTrainedModel | None) -> bool:
-    """True for transformers' own causal-LM classes whose forward takes `logits_to_keep` (and
-    so slices with a boolean mask) -- not remote code, not liger-kernel's patched forward (which
-    never builds full logits anyway)."""
+def label_logits_mode(model: PreTrainedModel | None) -> LabelLogitsMode | None:
+    """How this model's forward takes a tensor `logits_to_keep` (`LabelLogitsMode`), or None
+    where it takes none: remote code, a forward without the argument, or one patched by
+    liger-kernel (whose fused linear + cross-entropy never builds full logits anyway).
+
+    Decided from the model's own module, not from the transformers version: a model class whose
+    module imports `slice_logits_to_keep` slices with a boolean mask; any other transformers
+    class with the argument takes positions."""
     import inspect
+    import sys
 
     get_base = getattr(model, "get_base_model", None)
     base = get_base() if callable(get_base) else model
     forward = getattr(base, "forward", None)
     if forward is None or not type(base).__module__.startswith("transformers."):
-        return False
+        return None
     if not getattr(forward, "__module__", "").startswith("transformers."):
-        return False  # patched (e.g. liger-kernel's fused linear + cross-entropy)
+        return None  # patched (e.g. liger-kernel's fused linear + cross-entropy)
     try:
-        return "logits_to_keep" in inspect.signature(forward).parameters
+        if "logits_to_keep" not in inspect.signature(forward).parameters:
+            return None
     except (TypeError, ValueError):
-        return False
+        return None
+    module = sys.modules.get(type(base).__module__)
+    return "mask" if getattr(module, "slice_logits_to_keep", None) is not None else "positions"
+
+
+def supports_label_logits(model: PreTrainedModel | None) -> bool:
+    """True where `label_logits_mode` finds a way to pass `logits_to_keep`."""
+    return label_logits_mode(model) is not None
 
 
 def make_collator(
@@ -159,9 +189,8 @@ def make_collator(
     inner: Any = (
         PackedCollator(pad_token_id) if packing else PadCollator(pad_token_id, pad_to_multiple_of=8 if on_gpu else None)
     )
-    if label_logits_only and model is not None and supports_label_logits(model):
-        return LabelLogitsCollator(inner)
-    return inner
+    mode = label_logits_mode(model) if label_logits_only and model is not None else None
+    return LabelLogitsCollator(inner, mode) if mode else inner
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
@@ -217,6 +246,8 @@ def padding_stats(
 __all__ = [
     "PackedCollator",
     "LabelLogitsCollator",
+    "LabelLogitsMode",
+    "label_logits_mode",
     "supports_label_logits",
     "make_collator",
     "with_lengths",
