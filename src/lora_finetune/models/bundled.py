@@ -15,6 +15,7 @@ import torch
 from ..config import default_cache_dir
 from ..errors import ModelError
 from ..folders import atomic_dir, is_complete, output_lock, write_manifest
+from .hub_kernels import NO_HUB_KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ def _convert_bundled(gguf: Path, dst: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        src = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **NO_HUB_KERNELS
+        )
     cfg = src.config
     # A GGUF-loaded model carries a "gguf" quantization_config and refuses to save; the weights
     # are already dequantised, so we copy them into a plain model of the same config.

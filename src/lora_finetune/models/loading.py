@@ -33,6 +33,7 @@ from ..errors import LoraFinetuneError, ModelError
 from ..folders import verify_manifest
 from .bundled import ensure_bundled_model, is_bundled_name
 from .families import family_for
+from .hub_kernels import NO_HUB_KERNELS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -296,7 +297,7 @@ def load_model(
     if dtype in ("bf16", "fp16"):
         _warn_slow_cpu_half(dtype)
     notes: list[str] = []
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, **NO_HUB_KERNELS}
     used = quantization
     if quantization != "none":
         ok, why = quantization_available()
