@@ -264,6 +264,87 @@ def test_interrupt_never_checkpoints_a_broken_step():
     assert c.should_training_stop and not c.should_save
 
 
+class _StepState:
+    def __init__(self, step, max_steps=100):
+        self.global_step, self.max_steps = step, max_steps
+
+
+class _Flow:
+    def __init__(self, **flags):
+        self.should_log = self.should_evaluate = self.should_save = self.should_training_stop = False
+        for k, v in flags.items():
+            setattr(self, k, v)
+
+
+def _health_on(params):
+    from lora_finetune.training.callbacks import HealthCallback
+
+    model = torch.nn.Module()
+    for i, p in enumerate(params):
+        model.register_parameter(f"lora_{i}", torch.nn.Parameter(p))
+    h = HealthCallback()
+    h.on_train_begin(None, None, None, model=model)
+    return h, model
+
+
+def test_health_check_reads_the_weights_only_where_the_state_is_used():
+    """No host sync on a plain step: the non-finite flag stays on the device until a step that
+    logs, evaluates, saves or ends -- and that step is stopped, with no checkpoint, naming the
+    tensor."""
+    h, model = _health_on([torch.ones(4, 4), torch.ones(8)])
+    c = _Flow()
+    h.on_step_end(None, _StepState(1), c)
+    assert not c.should_training_stop and h.problem is None
+    model.lora_1.data[3] = float("inf")
+    quiet = _Flow()
+    h.on_step_end(None, _StepState(2), quiet)  # no log/eval/save here: nothing is read yet
+    assert not quiet.should_training_stop and h.problem is None and h._bad is not None
+    model.lora_1.data[3] = 1.0  # even if it recovered, what happened since the last check counts
+    saving = _Flow(should_save=True)
+    h.on_step_end(None, _StepState(3), saving)
+    assert h.problem is None  # the weights are finite again: the flag is confirmed tensor by tensor
+    model.lora_0.data[0, 0] = float("nan")
+    saving = _Flow(should_save=True)
+    h.on_step_end(None, _StepState(4), saving)
+    assert saving.should_training_stop and not saving.should_save
+    assert h.problem == "non-finite values in lora_0 by step 4"
+    # the last step is always checked, and so is the end of training
+    h2, m2 = _health_on([torch.ones(3)])
+    m2.lora_0.data[0] = float("nan")
+    last = _Flow()
+    h2.on_step_end(None, _StepState(5, max_steps=5), last)
+    assert last.should_training_stop and "lora_0" in h2.problem
+    h3, m3 = _health_on([torch.ones(3)])
+    h3.on_step_end(None, _StepState(1), _Flow())
+    m3.lora_0.data[0] = float("nan")
+    h3.on_step_end(None, _StepState(2), _Flow())
+    h3.on_train_end(None, _StepState(2), _Flow())
+    assert h3.problem is not None
+
+
+def test_health_check_is_not_fooled_by_a_norm_that_overflows():
+    """fp16 weights whose norm overflows fp16 (300 x sqrt(100000) > 65504) but whose values are
+    finite: the flag is raised, the tensor-by-tensor check clears it, training goes on."""
+    h, model = _health_on([torch.full((100_000,), 300.0, dtype=torch.float16)])
+    c = _Flow(should_log=True)
+    h.on_step_end(None, _StepState(1), c)
+    assert h.problem is None and not c.should_training_stop
+
+
+def test_interrupt_checks_health_before_saving():
+    from lora_finetune.training.callbacks import InterruptCallback
+
+    h, model = _health_on([torch.ones(2)])
+    i = InterruptCallback(h)
+    i.signal = signal.SIGINT
+    model.lora_0.data[1] = float("nan")
+    c = _Flow()
+    h.on_step_end(None, _StepState(7), c)  # a plain step: not read yet
+    assert h.problem is None
+    i.on_step_end(None, _StepState(7), c)
+    assert c.should_training_stop and not c.should_save and "lora_0" in h.problem
+
+
 def test_chatglm_v1_code_that_breaks_gets_the_version_advice(tmp_path):
     import json
 
