@@ -5,8 +5,12 @@ and the longest sample) for the planned batch layout and compared with `memory_b
 free RAM on a CPU, free memory on the GPU; or a size; `none` turns planning off). When it does
 not fit, the cheapest change that does is taken, in this order, and said in one line:
 
-1. gradient checkpointing (recompute activations: ~30% slower, same numbers);
-2. a smaller micro-batch with more gradient accumulation, so the effective batch (and with
+1. on a CUDA GPU with `use_liger: auto`, liger-kernel's fused linear + cross-entropy (no full
+   logits; measured 18% slower than without at Qwen3-0.6B batch 16 on an H200, and less memory:
+   16.6 instead of 30.3 GiB), where it is installed and supports the architecture;
+2. gradient checkpointing (recompute activations: ~30% slower, same numbers), with liger where 1.
+   applies;
+3. a smaller micro-batch with more gradient accumulation, so the effective batch (and with
    Trainer's loss normalisation over the accumulated tokens, the results) stay the same.
 
 Nothing that changes results (quantisation, max_length, r) is chosen for the user. When nothing
@@ -32,6 +36,7 @@ from ..allocator import rss_factor
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
+from .kernels import liger_usable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ class MemoryPlan:
         return (
             f"memory plan: the run as asked ({asked}) needs more than the {self.budget / GiB:.1f} GiB "
             f"memory_budget; using {used} (estimated peak {self.estimate / GiB:.1f} GiB; the effective "
-            "batch and the results are the same)"
+            "batch and the results are the same" + (", to float rounding" if "use_liger" in self.changes else "") + ")"
         )
 
 
@@ -131,11 +136,15 @@ def budget_bytes(spec: str, on_gpu: bool) -> float | None:
     return parse_size(spec)
 
 
-def _layouts(cfg: LoRAFinetuneConfig) -> list[dict[str, Any]]:
-    """Candidate layouts, cheapest change first; each keeps batch_size x accumulation."""
+def _layouts(cfg: LoRAFinetuneConfig, liger: bool = False) -> list[dict[str, Any]]:
+    """Candidate layouts, cheapest change first; each keeps batch_size x accumulation. `liger`:
+    fused logits may be turned on (`use_liger: auto` where liger-kernel can run)."""
+    fused = {"use_liger": "true"} if liger else {}
     out: list[dict[str, Any]] = [{}]
+    if liger:
+        out.append(dict(fused))
     if not cfg.gradient_checkpointing:
-        out.append({"gradient_checkpointing": True})
+        out.append({"gradient_checkpointing": True, **fused})
     for bs in range(cfg.batch_size - 1, 0, -1):
         if cfg.batch_size % bs == 0:
             out.append(
@@ -143,6 +152,7 @@ def _layouts(cfg: LoRAFinetuneConfig) -> list[dict[str, Any]]:
                     "gradient_checkpointing": True,
                     "batch_size": bs,
                     "gradient_accumulation_steps": cfg.gradient_accumulation_steps * (cfg.batch_size // bs),
+                    **fused,
                 }
             )
     return out
@@ -177,12 +187,13 @@ def plan_memory(
             gradient_checkpointing=layout.get("gradient_checkpointing", cfg.gradient_checkpointing),
             dropout=cfg.dropout,
             device="cuda" if on_gpu else "cpu",
+            liger=layout.get("use_liger", cfg.use_liger) == "true",
         )
         est = estimate_memory(shape, setup)
         # On a CPU under glibc's malloc a step keeps more resident than it uses (allocator.py).
         return est.total + (factor - 1) * (est.activations + est.logits)
 
-    layouts = _layouts(cfg)
+    layouts = _layouts(cfg, liger=cfg.use_liger == "auto" and liger_usable(shape.model_type, on_gpu) is None)
     for layout in layouts:
         peak = estimate(layout)
         if peak <= budget:

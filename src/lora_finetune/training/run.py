@@ -60,7 +60,7 @@ from .callbacks import (
     last_complete_checkpoint,
 )
 from .dataset import PreparedData, prepare_data
-from .kernels import apply_liger  # throughput: fused kernels
+from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
 
@@ -178,6 +178,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "memory_budget",
         "overwrite",
         "resume",
+        "cudnn_attention",
     }
 )
 """Settings a resumed run may change: they decide what is logged, evaluated and kept, not what
@@ -410,10 +411,12 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     )
 
     # 5. Train.
-    # --- throughput (training/kernels.py): fused kernels where installed and supported ---
-    liger_note = apply_liger(model, cfg.use_liger, on_gpu=torch.cuda.is_available())
-    if liger_note:
-        notes.append(liger_note)
+    # --- throughput (training/kernels.py): fused kernels where the memory plan asked for them,
+    # and attention kernels that need no per-shape plan; both end with the run ---
+    on_gpu = torch.cuda.is_available()
+    liger = apply_liger(model, cfg.use_liger, on_gpu=on_gpu)
+    if liger is not None:
+        notes.append(liger.note)
     # The checkpoint's recipe is what was asked (what --resume compares) plus the plan taken.
     recipe = RunRecord(
         _recipe(requested),
@@ -425,8 +428,13 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
             extra={"memory_plan": plan.changes} if plan.changes else {},
         ),
     )
-    trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
-    runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
+    try:
+        trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
+        with attention_kernels(cfg.cudnn_attention, on_gpu):
+            runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
+    finally:
+        if liger is not None:
+            liger.undo()  # later work in this process (merge on the CPU, chat, the web UI) runs unpatched
     release_freed_memory()
     overfit = _callback(trainer, OverfitWarning).warning
     if overfit:
