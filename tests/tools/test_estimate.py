@@ -194,3 +194,51 @@ def test_cli_estimate(tiny_qwen3, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["estimate"]["setup"]["quantization"] == "4bit"
     assert data["estimate"]["total"] > data["estimate"]["peak_allocated"] > 0
+
+
+def _bench_dims():
+    """The model configs bench/bench_gpu.py measured (random weights built from these)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_dims", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {"qwen3-0.6b": ("qwen3", mod.QWEN3_06B), "glm-6b": ("glm", mod.GLM_6B)}
+
+
+# Peaks measured on an H200 (torch.cuda.max_memory_allocated over the whole run; transformers
+# 5.17, bench/bench_gpu.py's data: the longest batch of every run is 511 tokens, padded to 512 on
+# the GPU; the packed run's longest row is 5,664 tokens). bench/RESULTS.md, "GPU".
+H200_PEAKS = [
+    # (model, quantization, batch, length, checkpointing, liger, measured GiB)
+    ("qwen3-0.6b", "none", 2, 512, False, True, 3.18),
+    ("qwen3-0.6b", "none", 16, 512, False, True, 16.64),
+    ("qwen3-0.6b", "4bit", 16, 512, False, True, 21.24),
+    ("qwen3-0.6b", "none", 1, 5664, False, True, 13.45),  # batch 16, packed into one row
+    ("qwen3-0.6b", "none", 16, 512, False, False, 30.3),  # full logits (label_logits_only off)
+    ("glm-6b", "4bit", 8, 512, True, False, 10.1),
+    ("glm-6b", "4bit", 16, 512, True, False, 14.9),
+    ("glm-6b", "4bit", 8, 512, False, False, 44.0),
+    ("glm-6b", "none", 8, 512, False, False, 41.6),
+]
+
+
+@pytest.mark.parametrize("row", H200_PEAKS, ids=lambda r: f"{r[0]}-{r[1]}-b{r[2]}x{r[3]}-ckpt{r[4]}-liger{r[5]}")
+def test_gpu_estimate_is_never_more_than_10_percent_under_the_h200_peaks(row):
+    """The memory plan trusts this estimate: one that is low chooses a layout that runs out of
+    memory (before calibration: up to 42% under on these rows). Over is wasted speed, so it is
+    bounded too."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, GlmConfig, Qwen3Config
+
+    name, quant, batch, length, ckpt, liger, measured = row
+    kind, dims = _bench_dims()[name]
+    config = (Qwen3Config if kind == "qwen3" else GlmConfig)(**dims, pad_token_id=1, eos_token_id=1, bos_token_id=None)
+    with init_empty_weights():
+        shape = model_shape(AutoModelForCausalLM.from_config(config), config)
+    setup = Setup(quantization=quant, dtype="bf16", batch_size=batch, max_length=length, gradient_checkpointing=ckpt,
+                  liger=liger, device="cuda")  # fmt: skip
+    predicted = estimate_memory(shape, setup).peak_allocated / GiB
+    assert 0.9 * measured <= predicted <= 1.25 * measured, f"{predicted:.2f} GiB predicted, {measured} measured"

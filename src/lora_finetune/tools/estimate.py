@@ -280,23 +280,54 @@ def resolve_targets(shape: ModelShape, spec: list[str] | str) -> list[str]:
     return list(spec)
 
 
+def fp32_stream(setup: Setup) -> bool:
+    """4/8-bit on a GPU with half-precision compute: `prepare_model_for_kbit_training` makes the
+    embeddings and norms fp32, so the residual stream is fp32, and bitsandbytes' layers return
+    their input's dtype: everything computed from the stream without autocast (norm outputs,
+    the MLP's gate and up and their product) stays fp32. Measured on an H200: a 6B GLM in 4-bit
+    at batch 8 x 512 peaked at 44 GiB where bf16 activations predicted 34."""
+    return setup.device == "cuda" and setup.quantization != "none" and DTYPE_BYTES[setup.dtype] == 2
+
+
+def cpu_attention_is_math() -> bool:
+    """Whether this torch runs CPU attention (grouped KV heads, bf16 or fp32) through its math
+    kernel, which keeps the (heads x length^2) probabilities, instead of its flash kernel. Measured
+    with saved-tensor hooks: torch 2.6 does, 2.13 does not; the releases between are counted as
+    doing it (the estimate errs high, never low)."""
+    import torch
+
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) < (2, 13)
+
+
 def layer_activations(shape: ModelShape, setup: Setup, targets: list[str], tokens_per_row: int) -> dict[str, float]:
     """Bytes saved for backward per token by one decoder layer, term by term."""
     b = DTYPE_BYTES[setup.dtype]  # activations are in the compute dtype (4-bit too)
     autocast = setup.device == "cuda" and b == 2
+    stream = 4 if fp32_stream(setup) else b  # the residual stream and what is computed from it
     h, q, kv, inter = shape.hidden_size, shape.q_dim, shape.kv_dim, shape.intermediate_size
     out: dict[str, float] = {}
     # Norms: RMSNorm computes in fp32 and keeps its fp32 input and 1/rms; LayerNorm its input.
+    # (liger's RMSNorm and SwiGLU keep a little less in theory; the H200 peaks with and without
+    # liger showed no difference, so none is counted.)
     out["norms"] = 2 * ((4 * h + 4) if shape.rms_norm else (b * h + 8))
     # Attention: q, k, v after RoPE, the output, and an fp32 logsumexp per head (sdpa); eager
-    # keeps the (heads x length) probabilities instead of the logsumexp.
-    attn = b * (2 * q + 3 * kv)
-    attn += (b * shape.num_heads * tokens_per_row) if setup.attention == "eager" else 4 * shape.num_heads
+    # keeps the (heads x length) probabilities instead of the logsumexp. With a mask (padding, or
+    # packed samples) sdpa turns it into an additive bias per call and keeps it: rows x length^2
+    # per layer, here per token.
+    if setup.device == "cpu" and setup.attention == "sdpa" and cpu_attention_is_math():
+        # torch's math kernel: fp32 copies of q, k (repeated to every head) and v, and the
+        # fp32 probabilities.
+        attn = 4 * 3 * q + 4 * shape.num_heads * tokens_per_row + b * q
+    else:
+        attn = b * (2 * q + 3 * kv)
+        attn += (b * shape.num_heads * tokens_per_row) if setup.attention == "eager" else 4 * shape.num_heads
     out["attention"] = attn
+    out["attention_mask"] = b * tokens_per_row
     if shape.qk_norm:
         out["qk_norm"] = 4 * (q + kv) + 4 * (shape.num_heads + shape.num_kv_heads)
     # MLP: gated: silu keeps the gate, the product keeps silu(gate) and up; plain: the act input.
-    out["mlp"] = b * (3 * inter if shape.gated_mlp else inter)
+    out["mlp"] = stream * (3 * inter if shape.gated_mlp else inter)
     # LoRA branches: per wrapped layer its (dropped-out) input and the dropout mask, or, without
     # dropout, the input itself (shared by the layers reading it when no cast copies are made);
     # plus the rank-r output of lora_A.
@@ -348,16 +379,12 @@ def estimate_memory(shape: ModelShape, setup: Setup) -> Estimate:
     # Activations.
     tokens = setup.batch_size * setup.max_length
     per_layer = sum(layer_activations(shape, setup, targets, setup.max_length).values())
-    hidden_b = b
-    if setup.gradient_checkpointing:
-        activations = tokens * (shape.num_layers * hidden_b * shape.hidden_size + per_layer)
-    else:
-        activations = tokens * shape.num_layers * per_layer
-    activations += tokens * (4 * shape.hidden_size + 4)  # final norm
-    # Logits and loss.
-    # Backward of the loss holds the saved fp32 log-softmax, the incoming gradient and the
-    # result (12 bytes per entry); half-precision logits add their own copy and gradient.
-    logits = tokens * shape.vocab_size * (12 + (2 if b == 2 else 0))
+    hidden_b = 4 if fp32_stream(setup) else b  # a checkpointed layer keeps its input: the stream
+    final_norm = tokens * (4 * shape.hidden_size + 4)
+    # Logits and loss: the backward of the loss holds the saved fp32 log-softmax, the incoming
+    # gradient and the result (12 bytes per entry); the forward holds less (half-precision logits,
+    # their fp32 copy and the log-softmax: 10).
+    logits = tokens * shape.vocab_size * 12
     if not setup.liger:
         notes.append(
             "logits count every position; training builds them only where the next "
@@ -367,6 +394,15 @@ def estimate_memory(shape: ModelShape, setup: Setup) -> Estimate:
         # Fused linear + cross-entropy: logits exist one chunk at a time (chunk rows * vocab ~
         # tokens * hidden) next to the gradient of the hidden states.
         logits = min(logits, tokens * shape.hidden_size * (2 * b + 8))
+    if setup.gradient_checkpointing:
+        # Every layer's input is kept; one layer's activations exist again only while its backward
+        # recomputes them, after the loss's memory is gone: the peak is the larger of the two
+        # (H200, a 6B GLM in 4-bit: 10.1 GiB measured, 10.5 predicted when they were added).
+        kept = tokens * shape.num_layers * hidden_b * shape.hidden_size + final_norm
+        recompute = tokens * per_layer
+        activations = kept + max(0.0, recompute - logits)
+    else:
+        activations = tokens * shape.num_layers * per_layer + final_norm
     # Other: 4-bit dequantises one weight at a time to the compute dtype.
     other = 0.0
     if setup.quantization == "4bit":
@@ -523,6 +559,8 @@ __all__ = [
     "Estimate",
     "model_shape",
     "estimate_memory",
+    "cpu_attention_is_math",
+    "fp32_stream",
     "layer_activations",
     "resolve_targets",
     "suggest",
