@@ -205,3 +205,23 @@ def test_models_are_not_kernelized_from_the_hub(tiny_qwen3):
     model.train()
     model.eval()
     assert "forward" in vars(norm)
+
+
+def test_overlapping_runs_in_one_process_restore_the_originals(stand_in, tiny_qwen3):
+    """Two runs patched at once (threads of the Python API): the first to end leaves the patch for
+    the other; the last restores what was there before either -- not the other's patched state."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.qwen3 import modeling_qwen3 as mq
+
+    module_before, class_before = _module_state()
+    outer = apply_liger(AutoModelForCausalLM.from_pretrained(tiny_qwen3), "true", on_gpu=True)
+    patched_rope = mq.apply_rotary_pos_emb
+    inner = apply_liger(AutoModelForCausalLM.from_pretrained(tiny_qwen3), "true", on_gpu=True)
+    outer.undo()  # the outer run ends first: the inner one still trains patched
+    assert mq.apply_rotary_pos_emb is not module_before["apply_rotary_pos_emb"]
+    inner.undo()
+    inner.undo()  # twice is harmless
+    module_after, class_after = _module_state()
+    assert mq.apply_rotary_pos_emb is module_before["apply_rotary_pos_emb"] is not patched_rope
+    assert all(module_after.get(k) is v for k, v in module_before.items()) and "LIGER_MARK" not in module_after
+    assert all(class_after.get(k) is v for k, v in class_before.items())

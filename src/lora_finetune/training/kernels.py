@@ -34,6 +34,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+import threading
 import types
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -88,41 +89,64 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 class LigerPatch:
-    """What one `apply_liger_kernel_to_<arch>` call changed outside the model, to undo it.
+    """What `apply_liger_kernel_to_<arch>` calls change outside the model, to undo it.
 
-    Snapshots the attributes of `modules` (and of the classes defined in them) before the call;
-    `undo()` restores every attribute that was replaced and removes every one that was added."""
+    Before the call, the attributes of `modules` (and of the classes defined in them) are recorded;
+    `undo()` restores every attribute that was replaced and removes every one that was added. The
+    patch is process-wide, so the record is too: runs that overlap in one process (threads of the
+    Python API) share it, and the modules go back to what they were before the first of them when
+    the last one ends -- an inner run's record would otherwise hold the outer run's patches."""
+
+    _lock = threading.Lock()
+    _originals: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(owner) -> (owner, its attributes before)
+    _active = 0
 
     def __init__(self, modules: list[types.ModuleType], note: str = "") -> None:
         self.note = note
-        self._saved: list[tuple[Any, dict[str, Any]]] = []
-        for module in dict.fromkeys(modules):  # each once, in order
-            self._saved.append((module, dict(vars(module))))
-            for value in list(vars(module).values()):
-                if isinstance(value, type) and value.__module__ == module.__name__:
-                    self._saved.append((value, dict(vars(value))))
+        self._open = True
+        with LigerPatch._lock:
+            for owner in _owners(modules):
+                LigerPatch._originals.setdefault(id(owner), (owner, dict(vars(owner))))
+            LigerPatch._active += 1
 
     def changed(self) -> list[str]:
-        """`module.name` of every attribute that differs from the snapshot."""
+        """`owner.name` of every attribute that differs from before the first active patch."""
         out = []
-        for owner, before in self._saved:
-            now = vars(owner)
-            keys = {k for k in set(before) | set(now) if before.get(k, _MISSING) is not now.get(k, _MISSING)}
-            out += [f"{getattr(owner, '__name__', owner)}.{k}" for k in sorted(keys)]
+        with LigerPatch._lock:
+            for owner, before in LigerPatch._originals.values():
+                now = vars(owner)
+                keys = {k for k in set(before) | set(now) if before.get(k, _MISSING) is not now.get(k, _MISSING)}
+                out += [f"{getattr(owner, '__name__', owner)}.{k}" for k in sorted(keys)]
         return out
 
     def undo(self) -> None:
-        for owner, before in self._saved:
-            now = dict(vars(owner))
-            for key, value in before.items():
-                if now.get(key, _MISSING) is not value:
-                    setattr(owner, key, value)
-            for key in now.keys() - before.keys():
-                delattr(owner, key)
-        self._saved.clear()
+        with LigerPatch._lock:
+            if not self._open:
+                return
+            self._open = False
+            LigerPatch._active -= 1
+            if LigerPatch._active:
+                return  # another run in this process still trains with the patch
+            for owner, before in LigerPatch._originals.values():
+                now = dict(vars(owner))
+                for key, value in before.items():
+                    if now.get(key, _MISSING) is not value:
+                        setattr(owner, key, value)
+                for key in now.keys() - before.keys():
+                    delattr(owner, key)
+            LigerPatch._originals.clear()
 
 
 _MISSING = object()
+
+
+def _owners(modules: list[types.ModuleType]) -> list[Any]:
+    """The modules and the classes defined in them, each once."""
+    out: list[Any] = []
+    for module in dict.fromkeys(modules):
+        out.append(module)
+        out += [v for v in list(vars(module).values()) if isinstance(v, type) and v.__module__ == module.__name__]
+    return out
 
 
 def _patched_modules(base: nn.Module) -> list[types.ModuleType]:
