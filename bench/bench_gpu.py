@@ -1,196 +1,228 @@
-"""GPU benchmark: the seed's pipeline against ours, random-weight models built from configs.
+"""GPU benchmark: the seed's pipeline against ours, our settings in pairs, a profile, a CLI smoke.
 
-    python bench/bench_gpu.py --out "$OUT"                 # one GPU, fits one 10-minute call
-    python bench/bench_gpu.py --smoke --out /tmp/gpu-smoke # CPU dry run, tiny sizes (~3 min)
+    python bench/bench_gpu.py --out "$OUT"                 # one H100/H200: <= 8 min (--budget-s 480)
+    python bench/bench_gpu.py --smoke --out /tmp/gpu-smoke # CPU dry run, tiny models (~1 min on 2 cores)
 
-Nothing is downloaded. Models are built from their configs with random weights and saved once
-to a scratch folder (so both pipelines load them the way they load real checkpoints, including
-bitsandbytes 4-bit quantisation on load):
+One run, in this order (most important first); a part that would end after --budget-s (default
+480 s) is skipped and recorded as "skipped: budget":
 
-- qwen3-0.6b: Qwen3-0.6B's published config (28 layers, hidden 1024, vocab 151,936, tied);
-- glm-6b:     a ChatGLM3-6B-sized native GLM (GlmConfig: hidden 4096, 28 layers, 32 heads, 2 KV
-              heads, head_dim 128, intermediate 13,696, vocab 65,024, partial_rotary_factor 0.5,
-              attention_bias True) -- what `lora-finetune` converts ChatGLM3 into.
+1. Rows (each a Trainer run of --warmup + --steps steps, measured by common.ThroughputProbe):
+   Qwen3-0.6B seed vs ours (our defaults, batch 2); cuDNN attention on vs off (the config key
+   `cudnn_attention`) at batch 2; liger-kernel on vs off (`use_liger`) at batch 2; the same two
+   pairs at batch 16 (and batch 2 vs 16); a ChatGLM3-6B-sized GLM in 4-bit at batch 8 with
+   gradient checkpointing on vs off. Every variant is a set of keys given to
+   `lora_finetune.config.build_config`, nothing patched; "defaults" means our config's defaults
+   (cudnn_attention false, use_liger auto, which is off unless the memory plan needs it,
+   label_logits_only true, length-grouped batches), and is the "off" side of the cuDNN and liger
+   pairs. liger rows need CUDA and liger-kernel; 4-bit rows need bitsandbytes (on the CPU >= 0.48).
+2. A torch.profiler table of the default run (Qwen3-0.6B, batch 2): 3 more steps after its
+   measured ones, through a TrainerCallback given to `train(cfg, callbacks=[...])`
+   (gpu_profile.py). OUT/prof.txt holds the key_averages tables (by total CPU time, self CPU time,
+   self CUDA time); the results hold wall ms per step, the process's CPU ms per step, CPU ms in
+   ops, CUDA kernel ms per step and the GPU's busy share. On a CPU: CPU only.
+3. A smoke of the CLI verbs (train, chat, generate, eval, merge, export, estimate) in this process
+   on tiny models (gpu_smoke.py): exit code, seconds and output tail of each; train on the GPU
+   (with liger where installed) then merge on the CPU first, the order that once crashed.
+4. The rest of the rows: batch 16 packed, the GLM seed runs (4-bit, bf16), GLM bf16 ours at
+   batch 8, Qwen3-0.6B in 4-bit (ours at batch 16, seed).
+5. The serving rows of bench_serve.py (1/4/16 clients, with and without dynamic batching) on the
+   Qwen3-0.6B folder, with what is left of the budget (--no-serve skips them; OUT/serve/).
 
-Data: instruction-like samples of 64-512 tokens (a word-level tokenizer over the model's vocab
-size, so text length = token count), the same rows for both pipelines.
+Parts can be chosen: --only "b16,glm" (rows whose names contain one of the strings), --no-smoke,
+--no-serve; --steps/--warmup set the measured and warm-up steps per row (10 and 3).
 
-Each run measures (common.ThroughputProbe): real (non-pad) tokens/s, padded tokens/s, step time,
-torch.cuda.max_memory_allocated, and model-FLOPs utilisation: useful FLOPs per second divided by
-the bf16 matmul throughput this GPU reaches in the same run (8192^3 products). Useful FLOPs per
-step: 4 x the decoder's linear parameters per real token (forward plus input gradients; the
-frozen base gets no weight gradient; LoRA's own FLOPs are left out) plus attention over each
-sample's real length, plus 4 x the output head per position whose next token is learned (every
-real position for the seed, which learns the prompt too; the answers for ours). Padding,
-recomputation (gradient checkpointing) and 4-bit dequantisation are not useful FLOPs. Each run also records what
-`lora_finetune.tools.estimate` predicts for its peak memory (GPU calibration).
+Nothing is downloaded (HF_HUB_OFFLINE=1). Models are built from their configs with random weights
+(gpu_models.py) and saved once, so both pipelines load them like checkpoints (4-bit quantises on
+load). Data: instruction-like samples of 64-512 tokens (a word-level tokenizer over the model's
+vocabulary, so text length = token count), the same rows for every run of a model.
 
-Runs, most important first; when the time budget (--budget-s) would be exceeded the rest are
-skipped and listed as such. Missing optional packages degrade: no bitsandbytes -> 4-bit runs
-skipped; no liger-kernel -> ours runs without it (logged); no datasets -> a small stand-in
-(bench/_datasets_shim.py). Results: OUT/gpu-results.json and OUT/gpu-results.md, written after
-every run so a cut-off call still returns what it measured.
+Each row measures: real (non-pad) tokens/s, padded tokens/s, step time, peak memory
+(torch.cuda.max_memory_allocated over all steps, warm-up included; peak RSS on a CPU), the
+largest batch of any training forward (rows x padded length; 1 x row length when packed) and
+what `lora_finetune.tools.estimate` predicts for that batch (the peak is set by the longest
+step, not the mean one; with the run's quantisation, checkpointing and liger as it used them),
+with the estimate's error; and model-FLOPs utilisation: useful FLOPs per second divided by the
+bf16 matmul throughput this GPU reaches in the same run (8192^3 products). Useful FLOPs per step:
+4 x the decoder's linear parameters per real token (forward plus input gradients; the frozen
+base gets no weight gradient; LoRA's own FLOPs are left out) plus attention over each sample's
+real length, plus 4 x the output head per position whose next token is learned (every real
+position for the seed, which learns the prompt too; the answers for ours). Padding,
+recomputation (checkpointing) and 4-bit dequantisation are not useful FLOPs.
 
-Last, if the budget allows, the serving rows of bench_serve.py (1/4/16 clients, with and without
-dynamic batching) on the qwen3-0.6b folder (--no-serve skips them; results in OUT/serve/).
+Missing optional packages degrade: no bitsandbytes -> 4-bit rows skipped; no liger-kernel -> liger
+rows skipped; no datasets -> a stand-in (_datasets_shim.py); no gguf -> the export smoke step
+skipped; no matplotlib -> no loss plot. Results (gpu_report.py): OUT/gpu-results.json and
+OUT/gpu-results.md (rows, variant pairs, profile, smoke, versions, GPU, date), written after every
+row and smoke step, so a cut-off call still returns what it measured.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: tests/tools/test_estimate.py runs this file without
+# registering it in sys.modules, and dataclasses cannot resolve string annotations then.
 import argparse
 import gc
+import importlib.util
 import json
-import math
 import os
-import random
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))  # works from a bare checkout too (no pip install)
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-QWEN3_06B = dict(
-    vocab_size=151936,
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    rope_theta=1000000.0,
-)
-GLM_6B = dict(
-    vocab_size=65024,
-    hidden_size=4096,
-    intermediate_size=13696,
-    num_hidden_layers=28,
-    num_attention_heads=32,
-    num_key_value_heads=2,
-    head_dim=128,
-    partial_rotary_factor=0.5,
-    attention_bias=True,
-    tie_word_embeddings=False,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-)
-TINY = dict(
-    vocab_size=2000,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
+# Re-exported: shared/gpu/cuda_smoke.py and tests/tools/test_estimate.py read these from here.
+from gpu_models import GLM_6B, QWEN3_06B, TINY, TINY_GLM, build_model_folder, log, make_rows  # noqa: E402
 
-# (run name, model, pipeline, precision, our settings)
-RUNS = [
-    ("qwen3-0.6b bf16 seed", "qwen3-0.6b", "seed", "bf16", {}),
-    ("qwen3-0.6b bf16 ours (defaults, batch 2)", "qwen3-0.6b", "ours", "bf16", {}),
-    ("qwen3-0.6b bf16 ours (batch 16, packing)", "qwen3-0.6b", "ours", "bf16", {"batch_size": 16, "packing": True}),
-    (
-        "glm-6b 4bit ours (batch 8, checkpointing)",
-        "glm-6b",
-        "ours",
-        "4bit",
-        {"batch_size": 8, "gradient_checkpointing": True},
-    ),
-    ("glm-6b 4bit seed", "glm-6b", "seed", "4bit", {}),
-    ("glm-6b bf16 ours (batch 8)", "glm-6b", "ours", "bf16", {"batch_size": 8}),
-    ("glm-6b bf16 seed", "glm-6b", "seed", "bf16", {}),
-    ("qwen3-0.6b bf16 ours (batch 16, length-grouped)", "qwen3-0.6b", "ours", "bf16", {"batch_size": 16}),
-    ("qwen3-0.6b 4bit ours (batch 16)", "qwen3-0.6b", "ours", "4bit", {"batch_size": 16}),
-    ("qwen3-0.6b 4bit seed", "qwen3-0.6b", "seed", "4bit", {}),
+__all__ = ["GLM_6B", "QWEN3_06B", "TINY", "build_model_folder", "make_rows"]
+
+QWEN, GLM = "qwen3-0.6b", "glm-6b"
+PROFILE_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    model: str
+    pipeline: str  # "seed" | "ours"
+    precision: str  # "bf16" | "4bit"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Our config keys (lora_finetune.config.build_config) on top of the run's base values."""
+    profile: bool = False
+
+
+def ours(name: str, model: str = QWEN, precision: str = "bf16", profile: bool = False, **settings: Any) -> Run:
+    return Run(name, model, "ours", precision, settings, profile)
+
+
+def seed(name: str, model: str = QWEN, precision: str = "bf16") -> Run:
+    return Run(name, model, "seed", precision)
+
+
+DEFAULTS_B2 = "qwen3-0.6b bf16 b2 ours defaults"
+DEFAULTS_B16 = "qwen3-0.6b bf16 b16 ours defaults"
+# Before the smoke, in this order: what the GPU session is for.
+FIRST = [
+    seed("qwen3-0.6b bf16 b2 seed"),
+    ours(DEFAULTS_B2, profile=True),
+    ours("qwen3-0.6b bf16 b2 cudnn-attn on", cudnn_attention=True),
+    ours("qwen3-0.6b bf16 b2 liger on", use_liger=True),
+    ours(DEFAULTS_B16, batch_size=16),
+    ours("qwen3-0.6b bf16 b16 cudnn-attn on", batch_size=16, cudnn_attention=True),
+    ours("qwen3-0.6b bf16 b16 liger on", batch_size=16, use_liger=True),
+    ours("glm-6b 4bit b8 checkpointing on", GLM, "4bit", batch_size=8, gradient_checkpointing=True),
+    ours("glm-6b 4bit b8 checkpointing off", GLM, "4bit", batch_size=8, gradient_checkpointing=False),
+]
+# After the smoke, as the budget allows.
+REST = [
+    ours("qwen3-0.6b bf16 b16 packing", batch_size=16, packing=True),
+    seed("glm-6b 4bit seed", GLM, "4bit"),
+    ours("glm-6b bf16 b8 ours", GLM, batch_size=8),
+    seed("glm-6b bf16 seed", GLM),
+    ours("qwen3-0.6b 4bit b16 ours", precision="4bit", batch_size=16),
+    seed("qwen3-0.6b 4bit seed", precision="4bit"),
+]
+# (comparison, A, B): the variants table; B / A is the change.
+PAIRS = [
+    ("seed -> ours (Qwen3-0.6B bf16, batch 2)", "qwen3-0.6b bf16 b2 seed", DEFAULTS_B2),
+    ("cuDNN attention off -> on, batch 2", DEFAULTS_B2, "qwen3-0.6b bf16 b2 cudnn-attn on"),
+    ("liger off -> on, batch 2", DEFAULTS_B2, "qwen3-0.6b bf16 b2 liger on"),
+    ("cuDNN attention off -> on, batch 16", DEFAULTS_B16, "qwen3-0.6b bf16 b16 cudnn-attn on"),
+    ("liger off -> on, batch 16", DEFAULTS_B16, "qwen3-0.6b bf16 b16 liger on"),
+    ("batch 2 -> 16", DEFAULTS_B2, DEFAULTS_B16),
+    ("GLM-6B 4-bit b8: checkpointing on -> off", "glm-6b 4bit b8 checkpointing on", "glm-6b 4bit b8 checkpointing off"),
+    ("length-grouped -> packed, batch 16", DEFAULTS_B16, "qwen3-0.6b bf16 b16 packing"),
+    ("seed -> ours (GLM-6B 4-bit)", "glm-6b 4bit seed", "glm-6b 4bit b8 checkpointing on"),
+    ("seed -> ours (GLM-6B bf16)", "glm-6b bf16 seed", "glm-6b bf16 b8 ours"),
+    ("seed -> ours (Qwen3-0.6B 4-bit)", "qwen3-0.6b 4bit seed", "qwen3-0.6b 4bit b16 ours"),
 ]
 
 
-def log(msg: str) -> None:
-    print(f"[bench-gpu {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class Costs:
+    """Rough seconds, to decide whether a part still fits the budget (the smoke's steps carry
+    their own, gpu_smoke.Step.cost_s). `profile`: the profiler's steps and tables on top of the
+    default row, whose run it shares."""
+
+    row: dict[str, float]
+    build: dict[str, float]
+    profile: float
 
 
-# --------------------------------------------------------------------------- building blocks
-def make_tokenizer(vocab_size: int):
-    """Word-level tokenizer: 'w<id>' is token <id>; [UNK]=0, </s>=1 (EOS, and the pad)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>", pad_token="</s>")
+H200 = Costs(row={QWEN: 30, GLM: 75}, build={QWEN: 15, GLM: 60}, profile=10)
+CPU_SMOKE = Costs(row={QWEN: 5, GLM: 5}, build={QWEN: 2, GLM: 2}, profile=2)
 
 
-def make_rows(n: int, vocab_size: int, lo: int, hi: int, seed: int = 0) -> list[dict[str, str]]:
-    """Alpaca rows whose prompt + answer is lo..hi tokens (30-70% of it the answer)."""
-    rng = random.Random(seed)
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.t0 = time.perf_counter()
 
-    def words(k: int) -> str:
-        return " " + " ".join(f"w{rng.randrange(2, vocab_size)}" for _ in range(k)) + " "
+    def used(self) -> float:
+        return time.perf_counter() - self.t0
 
-    rows = []
-    for _ in range(n):
-        total = rng.randint(lo, hi)
-        ans = max(1, int(total * rng.uniform(0.3, 0.7)))
-        rows.append({"instruction": words(total - ans - 4), "input": "", "output": words(ans)})
-    return rows
+    @property
+    def deadline(self) -> float:
+        return self.t0 + self.seconds
+
+    def skip(self, cost: float) -> str | None:
+        """'budget (...)' when `cost` more seconds would end past the budget, else None."""
+        if self.used() + cost <= self.seconds:
+            return None
+        return f"budget ({self.used():.0f} of {self.seconds:.0f} s used, ~{cost:.0f} s needed)"
 
 
-def build_model_folder(name: str, kind: str, dims: dict, root: Path, device: str) -> Path:
-    """Random-weight model from its config, saved in bf16 with the word-level tokenizer."""
+@dataclass
+class Job:
+    """What every row shares."""
+
+    device: str
+    steps: int
+    warmup: int
+    scratch: Path
+    out: Path
+    smoke: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(rows, shortest, longest sample in tokens)."""
+        return (48, 16, 64) if self.smoke else (600, 64, 512)
+
+    @property
+    def max_len(self) -> int:
+        return self.data_shape[2] + 16
+
+
+# --------------------------------------------------------------------------- measuring
+def matmul_ceiling(device: str) -> dict:
+    """bf16 matrix-product throughput this device reaches now (TFLOP/s; fp32 512^3 on a CPU)."""
     import torch
-    from transformers import AutoModelForCausalLM, GlmConfig, Qwen3Config
 
-    folder = root / name
-    if (folder / "config.json").is_file():
-        return folder
-    cfg_cls = Qwen3Config if kind == "qwen3" else GlmConfig
-    config = cfg_cls(**dims, pad_token_id=1, eos_token_id=1, bos_token_id=None)
-    t = time.perf_counter()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.generation_config.eos_token_id = 1
-    model.save_pretrained(folder)
-    make_tokenizer(config.vocab_size).save_pretrained(folder)
-    del model
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    log(f"built {name} ({kind}) in {time.perf_counter() - t:.0f} s -> {folder}")
-    return folder
-
-
-def matmul_ceiling(device: str, smoke: bool) -> dict:
-    """bf16 matrix-product throughput this device reaches now (TFLOP/s)."""
-    import torch
-
-    if device != "cuda":
-        n, dtype, reps = 512, torch.float32, 5
-    else:
-        n, dtype, reps = 8192, torch.bfloat16, 30
+    n, dtype, reps = (8192, torch.bfloat16, 30) if device == "cuda" else (512, torch.float32, 5)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t
-    return {"n": n, "dtype": str(dtype), "tflops": 2 * n**3 * reps / dt / 1e12}
+
+    def timed(k: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(k):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    timed(3)  # warm-up: cuBLAS picks its kernel
+    return {"n": n, "dtype": str(dtype), "tflops": 2 * n**3 * reps / timed(reps) / 1e12}
 
 
 def useful_flops_per_step(shape, mean_len: float, real: float, learned: float) -> float:
@@ -202,168 +234,265 @@ def useful_flops_per_step(shape, mean_len: float, real: float, learned: float) -
     return real * body + learned * head
 
 
-# --------------------------------------------------------------------------- one run
-def run_one(spec, folder: Path, rows, steps: int, warmup: int, device: str, scratch: Path, max_len: int) -> dict:
-    import torch
-    from common import ThroughputProbe
+def train_seed(run: Run, folder: Path, rows, job: Job, callbacks: list, out_dir: Path) -> dict[str, Any]:
+    """The seed's pipeline (seed_pipeline.py) on the same model folder and rows."""
+    from seed_pipeline import SeedSettings, build_seed_trainer
+    from transformers import AutoTokenizer
 
-    from lora_finetune.tools.estimate import Setup, estimate_memory, load_shape
+    settings = SeedSettings(steps=job.warmup + job.steps, load_in_4bit=run.precision == "4bit")
+    trainer = build_seed_trainer(
+        str(folder), AutoTokenizer.from_pretrained(folder), rows, settings, out_dir, callbacks=callbacks
+    )
+    trainer.train()
+    return {
+        "batch_size": settings.batch_size,
+        "pad_to": settings.max_length,
+        "targets": "q,k,v,o",
+        "precision": "bf16 weights, no autocast" if run.precision == "bf16" else "load_in_4bit (fp4, fp32 compute)",
+    }
 
-    name, model_name, pipeline, precision, settings = spec
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    probe = ThroughputProbe(pad_token_id=1, cuda=cuda)
-    out_dir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
-    total_steps = steps + warmup
-    t0 = time.perf_counter()
-    if pipeline == "seed":
-        from seed_pipeline import SeedSettings, build_seed_trainer
-        from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(folder)
-        trainer = build_seed_trainer(
-            str(folder),
-            tok,
-            rows,
-            SeedSettings(steps=total_steps, load_in_4bit=precision == "4bit"),
-            out_dir,
-            callbacks=[probe],
-        )
-        trainer.train()
-        used = {
-            "batch_size": 2,
-            "pad_to": 768,
-            "targets": "q,k,v,o",
-            "precision": "bf16 weights, no autocast" if precision == "bf16" else "load_in_4bit (fp4, fp32 compute)",
-        }
-        setup = None
-        del trainer
-    else:
-        from lora_finetune.config import build_config
-        from lora_finetune.training import train
+SHOWN = ("batch_size", "packing", "gradient_checkpointing", "cudnn_attention", "use_liger", "label_logits_only")
 
-        data_file = scratch / f"rows-{len(rows)}.jsonl"
-        if not data_file.exists():
-            data_file.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-        values = {
+
+def ours_config(run: Run, folder: Path, rows, job: Job, out_dir: Path, total_steps: int):
+    """The run's config: our defaults, the bench's data and step count, then the run's settings."""
+    from lora_finetune.config import build_config
+
+    data_file = job.scratch / f"rows-{folder.name}.jsonl"
+    if not data_file.exists():
+        data_file.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return build_config(
+        {
             "model_name": str(folder),
             "output_dir": str(out_dir / "ours"),
             "data_path": str(data_file),
             "steps": total_steps,
             "eval_fraction": 0.0,
-            "max_length": max_len,
+            "max_length": job.max_len,
             "save_steps": 10**6,
             "logging_steps": 10,
-            "quantization": precision if precision == "4bit" else "none",
-            "dtype": "bf16" if cuda else "fp32",
-            **settings,
+            "quantization": "4bit" if run.precision == "4bit" else "none",
+            "dtype": "bf16" if job.cuda else "fp32",
+            **run.settings,
         }
-        cfg = build_config(values)
-        used = {k: values.get(k) for k in ("batch_size", "packing", "gradient_checkpointing")}
-        try:
-            res = train(cfg, callbacks=[probe])
-            used.update({"quantization": res.resolved.quantization, "notes": res.resolved.notes})
-        except Exception as e:
-            if len(probe.steps) < total_steps:
-                raise
-            # Training itself finished and was measured; saving the run folder failed.
-            used["error_after_training"] = f"{type(e).__name__}: {e}"[:300]
-            res = None
-        setup = Setup(
-            quantization=cfg.quantization,
-            dtype="bf16" if cuda else "fp32",
-            r=cfg.r,
-            batch_size=cfg.batch_size,
-            dropout=cfg.dropout,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            device="cuda" if cuda else "cpu",
-            liger=res is not None and any("liger-kernel:" in n for n in res.resolved.notes),
-        )
+    )
+
+
+def train_ours(cfg, probe, callbacks: list) -> dict[str, Any]:
+    """Our `train()`; returns the settings as the run used them (quantisation after any
+    fallback, liger, what the memory plan changed)."""
+    from lora_finetune.training import train
+
+    used: dict[str, Any] = {k: getattr(cfg, k) for k in SHOWN}
+    try:
+        res = train(cfg, callbacks=[probe, *callbacks])
+    except Exception as e:
+        if len(probe.steps) < cfg.steps:
+            raise
+        # Training itself finished and was measured; saving the run folder failed.
+        used["error_after_training"] = f"{type(e).__name__}: {e}"[:300]
+        return used
+    notes = res.resolved.notes
+    used.update(
+        quantization=res.resolved.quantization,
+        notes=notes,
+        liger=any("liger-kernel:" in n for n in notes),
+        memory_plan=res.resolved.extra.get("memory_plan", {}).get("used", {}),
+    )
+    return used
+
+
+def memory_vs_estimate(folder: Path, cfg, used: dict[str, Any], summary: dict[str, Any], cuda: bool) -> dict:
+    """The estimate for the run's largest batch, as the run used quantisation, checkpointing
+    (the memory plan may have turned it on) and liger; its error against the measured peak."""
+    from lora_finetune.tools.estimate import Setup, estimate_memory, load_shape
+
+    batch = summary.get("max_batch_shape")
+    if not batch:
+        return {}
+    plan = used.get("memory_plan") or {}
+    setup = Setup(
+        quantization=used.get("quantization", cfg.quantization),
+        dtype=cfg.dtype,
+        r=cfg.r,
+        target_modules=cfg.target_modules,
+        batch_size=batch[0],
+        max_length=batch[1],
+        gradient_checkpointing=bool(plan.get("gradient_checkpointing", cfg.gradient_checkpointing)),
+        dropout=cfg.dropout,
+        device="cuda" if cuda else "cpu",
+        liger=bool(used.get("liger")),
+    )
+    predicted = estimate_memory(load_shape(str(folder)), setup).peak_allocated
+    out: dict[str, Any] = {"estimate_peak_allocated_bytes": predicted, "estimate_setup": setup.describe()}
+    if cuda and summary.get("peak_gpu_mem_bytes"):
+        out["estimate_error"] = predicted / summary["peak_gpu_mem_bytes"] - 1
+    else:
+        out["estimate_error_note"] = "n/a (CPU: RSS)"  # process RSS is not what the estimate predicts
+    return out
+
+
+def run_one(run: Run, folder: Path, rows, job: Job, profiler=None) -> dict:
+    """One Trainer run measured by ThroughputProbe (and, when given, profiled after its measured
+    steps, so the profiler's overhead is not in the row)."""
+    import torch
+    from common import ThroughputProbe
+
+    from lora_finetune.tools.estimate import load_shape
+
+    if job.cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    probe = ThroughputProbe(pad_token_id=1, cuda=job.cuda)
+    measured_end = job.warmup + job.steps
+    out_dir = Path(tempfile.mkdtemp(dir=job.scratch, prefix="run-"))
+    t0 = time.perf_counter()
+    cfg = None
+    if run.pipeline == "seed":
+        used = train_seed(run, folder, rows, job, [probe], out_dir)
+    else:
+        cfg = ours_config(run, folder, rows, job, out_dir, measured_end + (profiler.count if profiler else 0))
+        used = train_ours(cfg, probe, [profiler] if profiler else [])
     gc.collect()
-    summary = probe.summary(warmup)
+    summary = probe.summary(job.warmup, last=measured_end)
     summary.update(
         {
-            "run": name,
-            "model": model_name,
-            "pipeline": pipeline,
-            "precision": precision,
+            "run": run.name,
+            "model": run.model,
+            "pipeline": run.pipeline,
+            "precision": run.precision,
             "settings": used,
             "wall_s": time.perf_counter() - t0,
         }
     )
-    shape = load_shape(str(folder))
-    lengths = [len(r["instruction"].split()) + len(r["output"].split()) + 4 for r in rows]
-    mean_len = sum(lengths) / len(lengths)
     if summary.get("measured_steps"):
+        lengths = [len(r["instruction"].split()) + len(r["output"].split()) + 4 for r in rows]
         summary["useful_flops_per_step"] = useful_flops_per_step(
-            shape, mean_len, summary["real_tokens_per_step"], summary["learned_tokens_per_step"]
+            load_shape(str(folder)),
+            sum(lengths) / len(lengths),
+            summary["real_tokens_per_step"],
+            summary["learned_tokens_per_step"],
         )
-    if setup is not None and summary.get("measured_steps"):
-        longest_row = summary["padded_tokens_per_step"] / max(1, setup.batch_size)
-        setup.max_length = max(1, int(math.ceil(longest_row)))
-        if settings.get("packing"):
-            setup.batch_size, setup.max_length = 1, int(summary["padded_tokens_per_step"])
-        est = estimate_memory(shape, setup)
-        summary["estimate_peak_allocated_bytes"] = est.peak_allocated
-        summary["estimate_setup"] = setup.describe()
+        if cfg is not None:
+            summary.update(memory_vs_estimate(folder, cfg, used, summary, job.cuda))
     return summary
 
 
-# --------------------------------------------------------------------------- report
-def markdown(results: list[dict], info: dict) -> str:
-    from common import fmt, fmt_bytes
+# --------------------------------------------------------------------------- the session
+class Bench:
+    """One benchmark session: the budget, the built model folders and the results document,
+    saved (JSON + markdown) after every row and smoke step."""
 
-    ceiling = info.get("matmul", {}).get("tflops")
-    lines = [
-        f"GPU benchmark {info['date']}: {info['device'].get('gpu', 'no GPU')} "
-        f"(bf16 matmul ceiling measured: {fmt(ceiling)} TFLOP/s)",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-        "",
-        "| run | step (s) | real tok/s | padded tok/s | padding | peak mem (max allocated) "
-        "| estimate | MFU | ours/seed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    seeds = {
-        (r["model"], r["precision"]): r for r in results if r.get("pipeline") == "seed" and "real_tokens_per_s" in r
-    }
-    for r in results:
-        if "error" in r or "skipped" in r:
-            why = "skipped: " + r["skipped"] if "skipped" in r else "failed: " + r["error"][:90]
-            lines.append(f"| {r['run']} | {why} | | | | | | | |")
-            continue
-        seed = seeds.get((r["model"], r["precision"]))
-        ratio = (
-            f"{r['real_tokens_per_s'] / seed['real_tokens_per_s']:.1f}x"
-            if seed and r is not seed and r.get("real_tokens_per_s")
-            else ""
-        )
-        mem = r.get("peak_gpu_mem_bytes", r.get("peak_rss_bytes"))
-        mfu = (
-            r["useful_flops_per_step"] / r["step_time_s"] / (ceiling * 1e12)
-            if ceiling and r.get("useful_flops_per_step")
-            else None
-        )
-        lines.append(
-            f"| {r['run']} | {r['step_time_s']:.3f} | {fmt(r['real_tokens_per_s'], 0)} | "
-            f"{fmt(r['padded_tokens_per_s'], 0)} | {100 * (r['padding_fraction'] or 0):.0f}% | "
-            f"{fmt_bytes(mem)} | {fmt_bytes(r.get('estimate_peak_allocated_bytes'))} | "
-            f"{'' if mfu is None else f'{100 * mfu:.1f}%'} | {ratio} |"
-        )
-    return "\n".join(lines)
+    def __init__(self, job: Job, budget: Budget, costs: Costs, info: dict[str, Any]) -> None:
+        from lora_finetune.models.loading import quantization_available
+        from lora_finetune.training.kernels import liger_usable
+
+        self.job, self.budget, self.costs = job, budget, costs
+        self.folders: dict[str, Path] = {}
+        self.doc: dict[str, Any] = {"info": info, "results": [], "pairs": PAIRS, "profile": None, "smoke": None}
+        ok, why = quantization_available()
+        self.no_4bit = None if ok else why
+        self.no_liger = liger_usable("qwen3", job.cuda)
+        self.dims = {QWEN: ("qwen3", TINY if job.smoke else QWEN3_06B), GLM: ("glm", TINY_GLM if job.smoke else GLM_6B)}
+
+    def save(self) -> None:
+        from common import write_json
+        from gpu_report import markdown
+
+        write_json(self.job.out / "gpu-results.json", self.doc)
+        (self.job.out / "gpu-results.md").write_text(markdown(self.doc), encoding="utf-8")
+
+    def skip_reason(self, run: Run) -> str | None:
+        if run.precision == "4bit" and self.no_4bit:
+            return f"needs bitsandbytes: {self.no_4bit}"
+        if run.settings.get("use_liger") is True and self.no_liger:
+            return f"liger-kernel not installed/no CUDA: {self.no_liger}"
+        build = 0 if run.model in self.folders else self.costs.build[run.model]
+        return self.budget.skip(self.costs.row[run.model] + build + (self.costs.profile if run.profile else 0))
+
+    def folder(self, model: str) -> Path:
+        if model not in self.folders:
+            kind, dims = self.dims[model]
+            self.folders[model] = build_model_folder(model, kind, dims, self.job.scratch, self.job.device)
+        return self.folders[model]
+
+    def row(self, run: Run) -> None:
+        from gpu_profile import ProfileSteps
+
+        why = self.skip_reason(run)
+        profiler = ProfileSteps(self.job.warmup + self.job.steps, PROFILE_STEPS, self.job.cuda) if run.profile else None
+        if why:
+            r: dict[str, Any] = {**self._ids(run), "skipped": why}
+        else:
+            r = self._measure(run, profiler)
+        self.doc["results"].append(r)
+        if run.profile:
+            self.doc["profile"] = self._profile_record(run, r, profiler, why)
+        self.save()
+
+    @staticmethod
+    def _ids(run: Run) -> dict[str, Any]:
+        return {"run": run.name, "model": run.model, "pipeline": run.pipeline, "precision": run.precision}
+
+    def _measure(self, run: Run, profiler) -> dict[str, Any]:
+        import torch
+
+        n, lo, hi = self.job.data_shape
+        try:
+            folder = self.folder(run.model)
+            log(f"{run.name} ...")
+            r = run_one(run, folder, make_rows(n, self.dims[run.model][1]["vocab_size"], lo, hi), self.job, profiler)
+            log(f"{run.name}: {r.get('real_tokens_per_s') or 0:.0f} real tok/s, step {r.get('step_time_s') or 0:.3f} s")
+        except Exception as e:  # one failed run must not lose the others
+            r = {
+                **self._ids(run),
+                "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                "traceback": traceback.format_exc()[-3000:],
+            }
+            log(f"{run.name} failed: {r['error']}")
+        finally:
+            gc.collect()
+            if self.job.cuda:
+                torch.cuda.empty_cache()
+        return r
+
+    def _profile_record(self, run: Run, row: dict[str, Any], profiler, skipped: str | None) -> dict[str, Any]:
+        """OUT/prof.txt and the profile's totals for the results."""
+        rec: dict[str, Any] = {"run": run.name}
+        if skipped or "error" in row:
+            return {**rec, "skipped": skipped or "the run failed"}
+        if profiler.text:
+            (self.job.out / "prof.txt").write_text(f"{run.name}: {profiler.text}", encoding="utf-8")
+        if profiler.summary:
+            rec["summary"] = row["profile"] = profiler.summary
+            rec["unprofiled_step_ms"] = 1000 * row["step_time_s"] if row.get("step_time_s") else None
+        return {**rec, "error": profiler.error} if profiler.error else rec
+
+    def smoke(self) -> None:
+        from gpu_smoke import run_smoke
+
+        def on_step(results: list[dict[str, Any]]) -> None:
+            self.doc["smoke"] = results
+            self.save()
+
+        log("CLI smoke ...")
+        try:
+            run_smoke(self.job.scratch / "smoke", self.job.device, self.no_liger is None, self.budget.deadline, on_step)
+        except Exception as e:  # set-up failed (building the tiny models): no step ran
+            self.doc["smoke"] = {"error": f"{type(e).__name__}: {e}"[:300], "traceback": traceback.format_exc()[-3000:]}
+            self.save()
 
 
-def serve_rows(a: argparse.Namespace, folders: dict[str, Path], device: str, t_start: float) -> dict:
+def serve_rows(a: argparse.Namespace, folder: Path | None, device: str, budget: Budget) -> dict:
     """bench_serve.py's rows (1/4/16 clients, with and without dynamic batching) on the qwen3-0.6b
     folder, in its own process, within what is left of the time budget. Results also land in
     OUT/serve/serve-results.{json,md}."""
     import subprocess
 
-    left = a.budget_s - (time.perf_counter() - t_start)
-    folder = folders.get("qwen3-0.6b")
+    left = budget.seconds - budget.used()
     if folder is None or left < 120:
-        return {"skipped": "no qwen3-0.6b folder" if folder is None else f"time budget ({left:.0f} s left)"}
+        return {"skipped": "no qwen3-0.6b folder" if folder is None else f"budget ({left:.0f} s left)"}
     out = a.out / "serve"
     cmd = [sys.executable, str(HERE / "bench_serve.py"), "--model", str(folder), "--device", device]
     cmd += ["--out", str(out), "--max-tokens", "16" if a.smoke else "64"]
@@ -377,31 +506,47 @@ def serve_rows(a: argparse.Namespace, folders: dict[str, Path], device: str, t_s
         return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 
-def main() -> int:
+# --------------------------------------------------------------------------- main
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "gpu")
-    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU, 3 steps each")
-    ap.add_argument(
-        "--budget-s", type=float, default=540, help="stop starting new runs after this many seconds (default 540)"
-    )
-    ap.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    ap.add_argument("--smoke", action="store_true", help="CPU dry run: tiny models, 3 steps per row")
+    ap.add_argument("--budget-s", type=float, default=480, help="skip parts that would end after this (default 480)")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per row")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma-separated substrings of run names")
-    ap.add_argument("--scratch", type=Path, default=None, help="where models are saved")
+    ap.add_argument("--only", default="", help="comma-separated substrings of row names")
+    ap.add_argument("--scratch", type=Path, default=None, help="where models and runs are saved")
     ap.add_argument(
         "--no-datasets", action="store_true", help="use the datasets stand-in even if datasets is installed (testing)"
     )
+    ap.add_argument("--no-smoke", action="store_true", help="skip the CLI smoke")
     ap.add_argument("--no-serve", action="store_true", help="skip the serving rows (bench_serve.py) at the end")
-    a = ap.parse_args()
-    t_start = time.perf_counter()
+    return ap.parse_args()
 
+
+def degrade(a: argparse.Namespace) -> list[str]:
+    """Stand-ins for missing optional packages, before transformers is imported; what was done."""
     import _datasets_shim
 
-    shimmed = _datasets_shim.install(force=a.no_datasets)
-    import importlib.util
+    notes = []
+    if _datasets_shim.install(force=a.no_datasets):
+        notes.append("datasets missing: bench/_datasets_shim.py stands in")
+    if importlib.util.find_spec("matplotlib") is None:
+        import lora_finetune.training.run as lt
 
+        lt.plot_losses = lambda *a, **k: None  # the loss plot is the only use of matplotlib
+        notes.append("matplotlib missing: no loss plots")
+    return notes
+
+
+def main() -> int:
+    a = parse_args()
+    budget = Budget(a.budget_s)
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"  # nothing reaches the network
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    degraded = degrade(a)
     import torch
-    from common import run_info, write_json
+    from common import run_info
 
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     if device == "cpu" and not a.smoke:
@@ -409,86 +554,30 @@ def main() -> int:
         a.smoke = True
     if a.smoke:
         a.steps, a.warmup = min(a.steps, 2), min(a.warmup, 1)
-    has_bnb = device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
-    info = run_info()
-    info["smoke"] = a.smoke
-    if importlib.util.find_spec("matplotlib") is None:
-        import lora_finetune.training.run as lt
-
-        lt.plot_losses = lambda *a, **k: None  # the loss plot is the only use of matplotlib
-    info["optional"] = {
-        "bitsandbytes": has_bnb,
-        "matplotlib": importlib.util.find_spec("matplotlib") is not None,
-        "liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
-        "datasets": not shimmed,
-    }
     a.out.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
-
-    def save() -> None:
-        write_json(a.out / "gpu-results.json", {"info": info, "results": results})
-        (a.out / "gpu-results.md").write_text(markdown(results, info) + "\n", encoding="utf-8")
-
-    info["matmul"] = matmul_ceiling(device, a.smoke)
-    log(f"matmul ceiling: {info['matmul']['tflops']:.1f} TFLOP/s ({info['matmul']['dtype']})")
-    save()
     scratch = a.scratch or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    dims = {"qwen3-0.6b": ("qwen3", QWEN3_06B), "glm-6b": ("glm", GLM_6B)}
-    if a.smoke:
-        dims = {
-            "qwen3-0.6b": ("qwen3", TINY),
-            "glm-6b": ("glm", {**TINY, "partial_rotary_factor": 0.5, "attention_bias": True}),
-        }
-    n_rows, lo, hi = (48, 16, 64) if a.smoke else (600, 64, 512)
-    max_len = hi + 16
-    folders: dict[str, Path] = {}
-    # Rough cost of a run in seconds, to decide whether it still fits the budget.
-    cost = {"qwen3-0.6b": 45, "glm-6b": 90}
-    for spec in RUNS:
-        name, model_name, pipeline, precision, _ = spec
-        if a.only and not any(s.strip() in name for s in a.only.split(",")):
-            continue
-        if precision == "4bit" and not has_bnb:
-            results.append({"run": name, "skipped": "needs CUDA + bitsandbytes"})
-            save()
-            continue
-        elapsed = time.perf_counter() - t_start
-        need = (3 if a.smoke else cost[model_name]) + (0 if model_name in folders else (2 if a.smoke else 60))
-        if elapsed + need > a.budget_s:
-            results.append({"run": name, "skipped": f"time budget ({elapsed:.0f} s used)"})
-            save()
-            continue
-        try:
-            if model_name not in folders:
-                kind, d = dims[model_name]
-                folders[model_name] = build_model_folder(model_name, kind, d, scratch, device)
-            vocab = dims[model_name][1]["vocab_size"]
-            rows = make_rows(n_rows, vocab, lo, hi)
-            log(f"{name} ...")
-            r = run_one(spec, folders[model_name], rows, a.steps, a.warmup, device, scratch, max_len)
-            log(f"{name}: {r.get('real_tokens_per_s') or 0:.0f} real tok/s, step {r.get('step_time_s') or 0:.3f} s")
-        except Exception as e:  # one failed run must not lose the others
-            r = {
-                "run": name,
-                "model": model_name,
-                "pipeline": pipeline,
-                "precision": precision,
-                "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
-                "traceback": traceback.format_exc()[-3000:],
-            }
-            log(f"{name} failed: {r['error']}")
-        finally:
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        results.append(r)
-        save()
+    job = Job(device=device, steps=a.steps, warmup=a.warmup, scratch=scratch, out=a.out, smoke=a.smoke)
+    info = {**run_info(), "smoke": a.smoke, "budget_s": a.budget_s, "degraded": degraded, "scratch": str(scratch)}
+    bench = Bench(job, budget, CPU_SMOKE if a.smoke else H200, info)
+    info["matmul"] = matmul_ceiling(device)
+    log(f"matmul ceiling: {info['matmul']['tflops']:.1f} TFLOP/s ({info['matmul']['dtype']})")
+    bench.save()
+
+    def selected(runs: list[Run]) -> list[Run]:
+        return [r for r in runs if not a.only or any(s.strip() in r.name for s in a.only.split(","))]
+
+    for run in selected(FIRST):
+        bench.row(run)
+    if not a.no_smoke:
+        bench.smoke()
+    for run in selected(REST):
+        bench.row(run)
     if not a.no_serve:
-        info["serve"] = serve_rows(a, folders, device, t_start)
-    info["total_s"] = time.perf_counter() - t_start
-    save()
-    print(markdown(results, info))
-    print(f"\n(results: {a.out}/gpu-results.json, .md)")
+        bench.doc["serve"] = serve_rows(a, bench.folders.get(QWEN), device, budget)
+    info["total_s"] = budget.used()
+    bench.save()
+    print((a.out / "gpu-results.md").read_text())
+    print(f"(results: {a.out}/gpu-results.json, .md; profile: {a.out}/prof.txt)")
     return 0
 
 

@@ -16,8 +16,9 @@ position, backward, AdamW step) on random tokens. Measured:
   default adaptive threshold, freed activations stay cached in the heap and the peak RSS of the
   first step was 40% above the live peak in our runs (bench/RESULTS.md).
 
-The GPU counterpart (torch.cuda.max_memory_allocated vs the estimate's peak allocated) runs in
-bench/bench_gpu.py and is pending a GPU session.
+The GPU counterpart (torch.cuda.max_memory_allocated vs the estimate's peak allocated, for each
+run's longest batch) runs in bench/bench_gpu.py; the H200 peaks it measured are pinned by
+tests/tools/test_estimate.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ differs.
   forward, backward, optimizer) and `wall` (on_step_end -> next on_step_end: also data loading,
   logging, evaluation and checkpoint saves that fall between steps). A forward pre-hook on the
   top-level model counts the tokens of each training forward: real (attention_mask.sum(), or
-  every non-padding position of a packed row) and padded (input_ids.numel()).
+  every non-padding position of a packed row) and padded (input_ids.numel()), and keeps the
+  largest batch shape any training forward had (rows x padded length of input_ids; 1 x row length
+  for a packed row): the step that sets the peak memory, which a memory estimate must be for.
 - Memory: on CPU the process's resident set (VmRSS, VmHWM from /proc; the high-water mark is
   reset through /proc/self/clear_refs where the kernel allows it); on GPU
   `torch.cuda.max_memory_allocated`.
@@ -101,6 +103,14 @@ def _count_learned(kwargs: dict[str, Any]) -> int:
     return int((labels[..., 1:] != -100).sum()) if labels is not None else 0
 
 
+def _batch_shape(kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """(rows, padded length) of a forward's input_ids."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        return None
+    return (int(ids.shape[0]), int(ids.shape[-1])) if ids.dim() == 2 else (1, int(ids.numel()))
+
+
 class ThroughputProbe(TrainerCallback):
     """Per-step timing and token counts of a Trainer run (see the module docstring)."""
 
@@ -113,10 +123,21 @@ class ThroughputProbe(TrainerCallback):
         self._t_begin = 0.0
         self._last_end: float | None = None
         self._hook = None
+        self.max_batch: tuple[int, int] | None = None
+        """Largest (rows, padded length) of any training forward, warm-up included: with
+        length-grouped batches the first (longest) batch, which sets max_memory_allocated."""
         self.rss_train_start: int | None = None
         self.model_params: int | None = None
         self.base_params: int | None = None
         self.losses: list[tuple[int, float]] = []
+
+    def _note_shape(self, shape: tuple[int, int] | None) -> None:
+        # Largest by tokens (what activations scale with); at equal tokens the longer rows.
+        def size(s: tuple[int, int]) -> tuple[int, int]:
+            return s[0] * s[1], s[1]
+
+        if shape is not None and (self.max_batch is None or size(shape) > size(self.max_batch)):
+            self.max_batch = shape
 
     def _sync(self) -> None:
         if self.cuda:
@@ -129,6 +150,7 @@ class ThroughputProbe(TrainerCallback):
                 self._tokens[0] += r
                 self._tokens[1] += p
                 self._learned += _count_learned(kwargs)
+                self._note_shape(_batch_shape(kwargs))
 
         self._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
         self.model_params = sum(p.numel() for p in model.parameters())
@@ -170,9 +192,10 @@ class ThroughputProbe(TrainerCallback):
             self._hook.remove()
             self._hook = None
 
-    def summary(self, warmup: int = 1) -> dict[str, Any]:
-        """Throughput over the steps after `warmup` (first steps pay one-off costs)."""
-        steps = self.steps[warmup:] if len(self.steps) > warmup else self.steps
+    def summary(self, warmup: int = 1, last: int | None = None) -> dict[str, Any]:
+        """Throughput over the steps after `warmup` (first steps pay one-off costs) up to `last`
+        (steps after it were run for something else, e.g. under a profiler)."""
+        steps = self.steps[warmup:last] if len(self.steps) > warmup else self.steps[:last]
         if not steps:
             return {"measured_steps": 0}
         wall = sum(s["wall_s"] for s in steps)
@@ -197,6 +220,7 @@ class ThroughputProbe(TrainerCallback):
             "per_step": [{k: round(v, 4) for k, v in s.items()} for s in self.steps],
             "losses": self.losses,
             "base_params": self.base_params,
+            "max_batch_shape": list(self.max_batch) if self.max_batch else None,
         }
         if self.cuda:
             out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()
@@ -219,6 +243,7 @@ def versions() -> dict[str, str]:
         "datasets",
         "bitsandbytes",
         "liger-kernel",
+        "gguf",
         "lora-finetune",
     ):
         try:
