@@ -163,3 +163,33 @@ def test_resume_keeps_the_checkpoints_plan(tiny_qwen3, tmp_path, monkeypatch):
     res = train(tiny_config(tiny_qwen3, tmp_path / "run", resume="auto", **settings))
     record = yaml.safe_load((res.output_dir / "run_config.yaml").read_text())
     assert (record["batch_size"], record["gradient_accumulation_steps"]) == (2, 2) and res.metrics["steps"] == 4
+
+
+def test_liger_is_the_first_lever_where_it_can_run(tiny_qwen3, tmp_path, monkeypatch):
+    """`use_liger: auto` (measured slower, so off by default) is turned on by the plan when the
+    logits do not fit -- before checkpointing -- where liger-kernel can run (a CUDA GPU; here
+    said to be possible); `false` and a machine where it cannot run go straight to checkpointing."""
+    import lora_finetune.training.planning as planning
+
+    def plan(budget_mb: float, **kw):
+        cfg = tiny_config(
+            tiny_qwen3, tmp_path / "x", batch_size=8, max_length=64, memory_budget=f"{budget_mb:.3f}MB", **kw
+        )
+        return plan_memory(cfg, str(tiny_qwen3), TARGETS, 64, torch.float32)
+
+    def estimate_mb(**layout):
+        cfg = tiny_config(tiny_qwen3, tmp_path / "x", batch_size=8, max_length=64, memory_budget="1000GB", **layout)
+        return plan_memory(cfg, str(tiny_qwen3), TARGETS, 64, torch.float32).estimate / 2**20
+
+    asked, fused = estimate_mb(), estimate_mb(use_liger="true")
+    checkpointed_fused = estimate_mb(use_liger="true", gradient_checkpointing=True)
+    assert asked > fused > checkpointed_fused  # the tiny model's 400-entry vocabulary: small, but real
+    monkeypatch.setattr(planning, "liger_usable", lambda model_type, on_gpu: None)
+    p = plan((asked + fused) / 2)
+    assert p.changes == {"use_liger": "true"} and p.requested == {"use_liger": "auto"}
+    assert "to float rounding" in p.note
+    p = plan((fused + checkpointed_fused) / 2)
+    assert p.changes == {"gradient_checkpointing": True, "use_liger": "true"}
+    assert plan((asked + fused) / 2, use_liger="false").changes == {"gradient_checkpointing": True}
+    monkeypatch.setattr(planning, "liger_usable", lambda model_type, on_gpu: "there is no CUDA GPU")
+    assert plan((asked + fused) / 2).changes == {"gradient_checkpointing": True}
