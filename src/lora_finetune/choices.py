@@ -20,6 +20,11 @@ DataFormat = Literal["auto", "alpaca", "messages", "sharegpt"]
 LoraBackend = Literal["peft", "reference"]
 Resume = Literal["no", "auto"]
 LigerMode = Literal["auto", "true", "false"]
+Method = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto"]
+"""Training stages: supervised fine-tuning, continued pretraining, and the preference methods."""
+DataKind = Literal["instruction", "text", "preference", "kto"]
+"""What a dataset's records are: instructions with answers, raw text, chosen/rejected pairs, or
+answers labelled desirable/undesirable (KTO)."""
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DTYPES: tuple[str, ...] = get_args(DType)
@@ -27,6 +32,36 @@ TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 LORA_BACKENDS: tuple[str, ...] = get_args(LoraBackend)
 LIGER_MODES: tuple[str, ...] = get_args(LigerMode)
+METHODS: tuple[str, ...] = get_args(Method)
+DATA_KINDS: tuple[str, ...] = get_args(DataKind)
+
+METHOD_KIND: dict[str, str] = {
+    "sft": "instruction",
+    "pt": "text",
+    "dpo": "preference",
+    "orpo": "preference",
+    "simpo": "preference",
+    "kto": "kto",
+}
+"""The data kind each training method trains on."""
+
+DPO_LOSSES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
+"""`loss_type` values for `method: dpo`: TRL's DPOTrainer losses (sigmoid is the DPO paper's)."""
 
 LR_SCHEDULERS: tuple[str, ...] = (
     "linear",
@@ -86,6 +121,12 @@ def parse_bool(value: object) -> bool:
 
 __all__ = [
     "DATA_FORMATS",
+    "DATA_KINDS",
+    "DPO_LOSSES",
+    "METHODS",
+    "METHOD_KIND",
+    "DataKind",
+    "Method",
     "DTYPES",
     "EXPORT_FORMATS",
     "EXPORT_OUTTYPES",

@@ -37,6 +37,7 @@ from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
 from .kernels import liger_usable
+from .stages import get_stage
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def plan_memory(
     factor = rss_factor(on_gpu)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     tokens = max(1, min(longest, cfg.max_length))
+    stage = get_stage(cfg.method)  # a preference pair puts two sequences through the model per sample
 
     def estimate(layout: dict[str, Any]) -> float:
         setup = Setup(
@@ -182,12 +184,13 @@ def plan_memory(
             dtype=dtype_name,
             r=cfg.r,
             target_modules=targets,
-            batch_size=layout.get("batch_size", cfg.batch_size),
+            batch_size=layout.get("batch_size", cfg.batch_size) * stage.sequences_per_sample,
             max_length=tokens,
             gradient_checkpointing=layout.get("gradient_checkpointing", cfg.gradient_checkpointing),
             dropout=cfg.dropout,
             device="cuda" if on_gpu else "cpu",
             liger=layout.get("use_liger", cfg.use_liger) == "true",
+            fused_logits=stage.fused_logits,
         )
         est = estimate_memory(shape, setup)
         # On a CPU under glibc's malloc a step keeps more resident than it uses (allocator.py).
