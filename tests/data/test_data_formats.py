@@ -164,7 +164,7 @@ def test_empty_file(tmp_path):
 
 
 def test_unsupported_suffix_and_missing_file(tmp_path):
-    assert "unsupported file type" in _err(tmp_path, "d.txt", "hello")
+    assert "unsupported file type" in _err(tmp_path, "d.docx", "hello")
     with pytest.raises(DataError, match="does not exist"):
         load_records(tmp_path / "nope.jsonl")
 

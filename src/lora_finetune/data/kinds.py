@@ -120,11 +120,14 @@ def _answer(value: Any, field: str, where: str, path: Any) -> dict[str, Any]:
 
 
 def _split_implicit(row: dict[str, Any], where: str, path: Any) -> dict[str, Any]:
-    """TRL's implicit prompt: chosen and rejected are whole conversations with a shared start."""
+    """TRL's implicit prompt: chosen and rejected are whole conversations (or texts) with a shared
+    start, which is the prompt (for texts: up to the last space they share)."""
     chosen, rejected = row["chosen"], row["rejected"]
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1
+    if isinstance(chosen, str):
+        n = chosen.rfind(" ", 0, n + 1) + 1 if " " in chosen[:n] else 0
     if n == 0:
         raise DataError(
             f"{path}, {where}: no `prompt`, and `chosen` and `rejected` do not start with the same turns, so "
@@ -144,7 +147,8 @@ def preference_record(row: dict[str, Any], where: str, path: Any) -> Record:
             )
     raise_all(problems)
     has_prompt = any(k in row for k in ("prompt", "instruction", "conversations", "messages"))
-    if not has_prompt and isinstance(row["chosen"], list) and isinstance(row["rejected"], list):
+    same_type = type(row["chosen"]) is type(row["rejected"]) and isinstance(row["chosen"], (list, str))
+    if not has_prompt and same_type:
         row = _split_implicit(row, where, path)
     rec = gather(problems, _prompt, row, where, path)
     chosen = gather(problems, _answer, row["chosen"], "chosen", where, path)
