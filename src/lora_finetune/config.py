@@ -548,6 +548,7 @@ def _methods_by_loss(kwargs: dict[str, Any], problems: list[str]) -> None:
         kwargs["method"], kwargs["loss_type"] = loss, "sigmoid"
     elif loss == "kto_pair":
         problems.append("loss_type='kto_pair' is no longer in TRL; use method: kto with answers labelled true/false")
+        kwargs.pop("loss_type")  # said once
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> LoRAFinetuneConfig:
