@@ -17,6 +17,7 @@ templates, text.py raw documents for continued pretraining.
 from __future__ import annotations
 
 from .base import IGNORE_INDEX, Segment, Template, user_text
+from .by_kind import encode_kind, row_length
 from .chat import ChatTemplate
 from .chatglm import ChatGLMV1Template
 from .encode import Encoded, EncodeStats, bos_prefix, encode_prompt, encode_records, encode_segments, tokenize
@@ -38,6 +39,7 @@ __all__ = [
     "bos_prefix",
     "encode_answer",
     "encode_documents",
+    "encode_kind",
     "encode_labelled",
     "encode_pairs",
     "encode_prompt",
@@ -47,6 +49,7 @@ __all__ = [
     "get_template",
     "qa_prompt",
     "resolve_template_name",
+    "row_length",
     "tokenize",
     "user_text",
 ]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ..data.collate import IGNORE_INDEX, PadCollator
+from ..templates import row_length
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -222,17 +223,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=generator))
 
 
-def sample_length(row: dict[str, Any]) -> int:
-    """Tokens a sample puts in a row: its ids, or a prompt with its longest answer (pairs, KTO)."""
-    if "input_ids" in row:
-        return len(row["input_ids"])
-    answers = [len(row[k]) for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in row]
-    return len(row.get("prompt_ids", [])) + max(answers, default=0)
-
-
 def with_lengths(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a `length` entry, so the length-grouped sampler need not measure every sample."""
-    return [{**r, LENGTH_COLUMN: sample_length(r)} for r in rows]
+    return [{**r, LENGTH_COLUMN: row_length(r)} for r in rows]
 
 
 def padding_stats(
@@ -258,7 +251,6 @@ __all__ = [
     "label_logits_mode",
     "supports_label_logits",
     "make_collator",
-    "sample_length",
     "with_lengths",
     "packed_boundaries",
     "padding_stats",

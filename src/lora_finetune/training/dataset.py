@@ -23,7 +23,7 @@ from ..config import LoRAFinetuneConfig
 from ..data import KIND_NAMES, demo_rows, load_source, record_kind, records_from_rows
 from ..errors import ConfigError, DataError
 from ..models.families import template_for, template_name_for
-from ..templates import EncodeStats, encode_documents, encode_labelled, encode_pairs, encode_records
+from ..templates import EncodeStats, encode_kind
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,20 +54,6 @@ def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list,
         )
     held = set(order[:n_eval])
     return ([records[i] for i in order if i not in held], [records[i] for i in order[:n_eval]])
-
-
-def _sft_rows(records, tokenizer, template, max_length):  # noqa: ANN001, ANN202 (one of ENCODERS)
-    encoded, stats = encode_records(records, tokenizer, template, max_length)
-    return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded], stats
-
-
-ENCODERS = {
-    "instruction": _sft_rows,
-    "text": lambda records, tokenizer, template, max_length: encode_documents(records, tokenizer, max_length),
-    "preference": encode_pairs,
-    "kto": encode_labelled,
-}
-"""Data kind -> (records, tokenizer, template, max_length) -> (rows, EncodeStats)."""
 
 
 def methods_for(kind: str) -> str:
@@ -103,9 +89,8 @@ def prepare_data(
     template_name = template_name_for(cfg.template, tokenizer, model_type)
     template = template_for(template_name, tokenizer, model_type, cfg.system_prompt)
     train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
-    encode = ENCODERS[kind]
-    train_rows, stats = encode(train_recs, tokenizer, template, cfg.max_length)
-    eval_rows, eval_stats = encode(eval_recs, tokenizer, template, cfg.max_length)
+    train_rows, stats = encode_kind(kind, train_recs, tokenizer, template, cfg.max_length)
+    eval_rows, eval_stats = encode_kind(kind, eval_recs, tokenizer, template, cfg.max_length)
     for k in ("total", "kept", "too_long", "no_answer_tokens", "prompt_tokens", "answer_tokens"):
         setattr(stats, k, getattr(stats, k) + getattr(eval_stats, k))
     stats.longest = max(stats.longest, eval_stats.longest)
