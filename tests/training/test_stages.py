@@ -90,8 +90,9 @@ def _history(res, key):
 def test_dpo_learns_the_preference_and_writes_an_ordinary_adapter(tiny_qwen3, tmp_path):
     """The first loss is log 2 (the reference is the adapter as training starts); held-out reward
     accuracy ends high and the margin positive; the folder is the same adapter folder as SFT."""
+    # dropout 0.1: TRL turns dropout off (the policy and its reference must score alike), ours too
     res = train(tiny_config(tiny_qwen3, tmp_path / "dpo", method="dpo", steps=12, learning_rate=2e-2,
-                            eval_steps=6, save_steps=6, eval_fraction=0.2))  # fmt: skip
+                            eval_steps=6, save_steps=6, eval_fraction=0.2, dropout=0.1))  # fmt: skip
     first_loss = _history(res, "loss")[0][1]
     assert first_loss == pytest.approx(math.log(2), abs=1e-4)
     pref = res.metrics["preference"]
@@ -106,6 +107,15 @@ def test_dpo_learns_the_preference_and_writes_an_ordinary_adapter(tiny_qwen3, tm
 
     question = [{"messages": [{"role": "user", "content": "一年有几个月？"}]}]
     assert generate(load_for_inference(out), question, max_new_tokens=4)[0]["tokens"] == 4
+    # the model itself now prefers the chosen answers of the held-out pairs; the base did not
+    from lora_finetune.data import demo_rows
+    from lora_finetune.training import split_records
+    from lora_finetune.use import preference_accuracy
+
+    held = split_records(records_from_rows(demo_rows("preference"), kinds=("preference",)), 0.2, 42)[1]
+    before = preference_accuracy(load_for_inference(out, base_only=True), held)
+    after = preference_accuracy(load_for_inference(out), held)
+    assert after > before, (before, after)
 
 
 @pytest.mark.parametrize("method", ["orpo", "simpo", "kto"])

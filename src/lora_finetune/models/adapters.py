@@ -31,6 +31,10 @@ def attach_lora(model: PreTrainedModel, cfg: LoRAFinetuneConfig, targets: list[s
     reference LoRALinear layers injected."""
     if cfg.init_adapter is not None:
         peft_model = attach_adapter(model, cfg.init_adapter, trainable=True)
+        # The adapter names its base portably (a hub id); saving checks that base's config for
+        # resized embeddings, which for a hub id is a network lookup. The local base is the same.
+        for peft_cfg in peft_model.peft_config.values():
+            peft_cfg.base_model_name_or_path = getattr(model, "name_or_path", peft_cfg.base_model_name_or_path)
         use_cheap_cpu_dropout(peft_model)
         return peft_model
     if cfg.lora_backend == "reference":
