@@ -290,3 +290,17 @@ def test_sigkill_then_resume_is_bit_for_bit(tiny_qwen3, tmp_path, method):
     losses = lambda r: [h["loss"] for h in json.loads((r.output_dir / "metrics.json").read_text())["log_history"]  # noqa: E731
                         if "loss" in h and h["step"] > 4]  # fmt: skip
     assert losses(resumed) == losses(ref)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "pt"])
+def test_the_cli_reports_each_method(tiny_qwen3, tmp_path, capsys, method):
+    from lora_finetune.cli import main
+
+    argv = ["train", "--model_name", str(tiny_qwen3), "--output_dir", str(tmp_path / method), "--method", method]
+    assert main([*argv, "--steps", "2", "--r", "4", "--save_steps", "2", "--eval_steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Done (metrics.json)" in out
+    if method == "pt":
+        assert "eval_perplexity" in out and "reward accuracy" not in out
+    else:
+        assert "eval reward accuracy" in out and "eval_perplexity" not in out

@@ -94,7 +94,7 @@ def check_data(
     keys = [
         json.dumps({k: v for k, v in r.items() if k != "source"}, ensure_ascii=False, sort_keys=True) for r in records
     ]
-    samples, titles = _samples(records[:show], tmpl)
+    samples, titles = render_samples(records[:show], tmpl)
     report = DataReport(
         label=source.label,
         records=len(records),
@@ -140,7 +140,7 @@ def _form(row: Any, kind: str, where: str, label: str) -> str:
     return "messages" if "messages" in row else "trl (implicit prompt)"
 
 
-def _samples(records: list[dict[str, Any]], template: Any) -> tuple[list[list[tuple[str, bool]]], list[str]]:
+def render_samples(records: list[dict[str, Any]], template: Any) -> tuple[list[list[tuple[str, bool]]], list[str]]:
     """The first records as the template renders them; a pair as two samples, chosen and rejected."""
     samples, titles = [], []
     for i, rec in enumerate(records, start=1):
@@ -189,4 +189,4 @@ def write_demo(path: Path | str, overwrite: bool = False, kind: str = "instructi
     return path
 
 
-__all__ = ["DataReport", "check_data", "write_demo"]
+__all__ = ["DataReport", "check_data", "render_samples", "write_demo"]
