@@ -304,3 +304,18 @@ def test_the_cli_reports_each_method(tiny_qwen3, tmp_path, capsys, method):
         assert "eval_perplexity" in out and "reward accuracy" not in out
     else:
         assert "eval reward accuracy" in out and "eval_perplexity" not in out
+
+
+def test_what_a_preference_run_makes_is_used_like_any_adapter(tiny_qwen3, tmp_path):
+    """chat, merge and GGUF export read a DPO adapter folder exactly as an SFT one."""
+    from lora_finetune.export import export_model
+    from lora_finetune.use import ChatSession, load_for_inference, merge
+
+    res = train(tiny_config(tiny_qwen3, tmp_path / "orpo", method="orpo", steps=2, eval_fraction=0.0))
+    session = ChatSession(load_for_inference(res.output_dir))
+    session.settings.set("max_new_tokens", "4")
+    assert session.send("中国的首都是哪里？").tokens <= 4
+    merged = merge(res.output_dir, tmp_path / "merged")
+    assert (merged.output_dir / "config.json").is_file()
+    exported = export_model(res.output_dir, tmp_path / "gguf")
+    assert any(p.suffix == ".gguf" for p in exported.output_dir.iterdir())
