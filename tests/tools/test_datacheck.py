@@ -72,7 +72,7 @@ def test_data_checks_preference_kto_and_text_files(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "30 records" in out and "preference pairs (chosen / rejected): train with method dpo, orpo, simpo" in out
     assert "sample 1 (chosen)" in out and "[[中国的首都是北京。" in out
-    assert "sample 1 (rejected)" in out and "[[The capital of China is Beijing." in out
+    assert "sample 1 (rejected)" in out and "[[北京。" in out
     assert main(["data", str(lf), "--dataset", "kto_en_demo", "--show", "0"]) == 0
     assert "150 desirable, 150 undesirable answers" in capsys.readouterr().out
     assert main(["data", str(lf), "--dataset", "c4_demo", "--show", "0", "--max_length", "1024"]) == 0
