@@ -1,15 +1,22 @@
 """DPO: ours (`method: dpo`) against TRL's own DPOTrainer, the same job one after the other (CPU).
 
-    .venv/bin/python bench/bench_dpo.py [--pairs 48] [--steps 12] [--out bench/out/dpo.json]
+    .venv/bin/python bench/bench_dpo.py [--job lf|demo] [--pairs N] [--steps N] [--out FILE]
 
-The job: the first `--pairs` preference pairs of LLaMA-Factory's `dpo_zh_demo` (the real file,
-tests/fixtures/llama_factory/data) whose prompt and longer answer fit 512 tokens with the bundled
-SmolLM2-135M-Instruct's chat template, written once in TRL's conversational format (prompt /
-chosen / rejected messages), which both read; 8 more such pairs are held out. Both train the
-bundled model in fp32 with LoRA r 8, alpha 16, dropout 0 on q/k/v/o/gate/up/down, batch 2,
-`--steps` steps, learning rate 5e-5, beta 0.1, sigmoid loss, the reference being the model with
-the adapter off, no evaluation or checkpoints during training, seed 42 -- each in its own process
-(so its peak RSS is its own), under the same allocator.
+Two jobs, each written once in TRL's conversational format (prompt / chosen / rejected
+messages), which both read:
+
+- `lf` (default; speed and memory): LLaMA-Factory's `dpo_zh_demo` (the real file,
+  tests/fixtures/llama_factory/data), the pairs whose prompt and longer answer fit 512 tokens
+  with the bundled SmolLM2-135M-Instruct's chat template (59 of 300): the first `--pairs` (40)
+  train, the rest are held out. Real preference data: a 135M model learns little of it in one
+  epoch, so its accuracy stays near chance for both.
+- `demo` (does it learn, equally): our 30 Chinese demo pairs (a complete sentence chosen over
+  the bare answer), 24 train, 6 held out; learnable in a few steps.
+
+Both train the bundled model in fp32 with LoRA r 8, alpha 16, dropout 0 on q/k/v/o/gate/up/down,
+batch 2, `--steps` steps (one epoch: 20), learning rate 1e-4, beta 0.1, sigmoid loss, the
+reference being the model with the adapter off, no evaluation or checkpoints during training,
+seed 42 -- each in its own process (so its peak RSS is its own), under the same allocator.
 
 Measured per run: training wall time, real tokens/s (the non-padding tokens of the chosen and
 rejected sequences the Trainer counted), the process's peak RSS, and, after training, on the
@@ -36,19 +43,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LF_DATA = ROOT / "tests" / "fixtures" / "llama_factory" / "data"
-SETTINGS = dict(batch_size=2, learning_rate=5e-5, beta=0.1, r=8, alpha=16, seed=42, max_length=512)
+SETTINGS = dict(batch_size=2, learning_rate=1e-4, beta=0.1, r=8, alpha=16, seed=42, max_length=512)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-HELD_OUT = 8
 
 
 # --------------------------------------------------------------------------- the job's data
-def job_files(folder: Path, n_pairs: int, model_dir: str) -> tuple[Path, Path]:
-    """train.jsonl and heldout.jsonl in TRL's conversational preference format."""
-    from lora_finetune.data.formats import load_source
+def job_files(folder: Path, job: str, n_pairs: int, model_dir: str) -> tuple[Path, Path]:
+    """train.jsonl (the first `n_pairs` pairs that fit) and heldout.jsonl (the rest that fit),
+    in TRL's conversational preference format."""
+    from lora_finetune.data import demo_rows
+    from lora_finetune.data.formats import load_source, records_from_rows
     from lora_finetune.models import load_tokenizer
     from lora_finetune.templates import encode_pairs, get_template
 
-    records, _ = load_source(LF_DATA, dataset="dpo_zh_demo", kinds=("preference",))
+    if job == "demo":
+        records = records_from_rows(demo_rows("preference"), kinds=("preference",))
+    else:
+        records, _ = load_source(LF_DATA, dataset="dpo_zh_demo", kinds=("preference",))
     tokenizer = load_tokenizer(model_dir)
     template = get_template("chat", tokenizer)
     rows = []
@@ -59,8 +70,6 @@ def job_files(folder: Path, n_pairs: int, model_dir: str) -> tuple[Path, Path]:
         prompt = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
         rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": rec["chosen"]["content"]}],
                      "rejected": [{"role": "assistant", "content": rec["rejected"]["content"]}]})  # fmt: skip
-        if len(rows) == n_pairs + HELD_OUT:
-            break
     folder.mkdir(parents=True, exist_ok=True)
     train, held = folder / "train.jsonl", folder / "heldout.jsonl"
     for path, part in ((train, rows[:n_pairs]), (held, rows[n_pairs:])):
@@ -161,9 +170,10 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- the driver
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=48)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--out", type=Path, default=HERE / "out" / "dpo.json")
+    ap.add_argument("--job", choices=["lf", "demo"], default="lf")
+    ap.add_argument("--pairs", type=int, default=None, help="training pairs (lf: 40, demo: 24)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None, help="default bench/out/dpo-JOB.json")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-dpo")
     ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     for name in ("model_dir", "train", "held", "adapter_out", "result"):
@@ -178,7 +188,10 @@ def main() -> int:
     from lora_finetune.models import ensure_bundled_model
 
     model_dir = str(ensure_bundled_model())
-    train, held = job_files(args.work, args.pairs, model_dir)
+    args.pairs = args.pairs or {"lf": 40, "demo": 24}[args.job]
+    args.out = args.out or HERE / "out" / f"dpo-{args.job}.json"
+    args.work = args.work / args.job
+    train, held = job_files(args.work, args.job, args.pairs, model_dir)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     results = {}
     for who in ("trl", "ours"):
@@ -191,8 +204,9 @@ def main() -> int:
         results[who] = json.loads(result_file.read_text(encoding="utf-8"))
     info = run_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"info": info, "settings": SETTINGS, "pairs": args.pairs, "steps": args.steps,
-                                    "results": results}, indent=1, default=str), encoding="utf-8")  # fmt: skip
+    args.out.write_text(json.dumps({"info": info, "settings": SETTINGS, "job": args.job, "pairs": args.pairs,
+                                    "steps": args.steps, "results": results}, indent=1, default=str),
+                        encoding="utf-8")  # fmt: skip
     print("| run | train time (s) | real tokens/s | peak RSS | held-out reward accuracy | mean margin |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for who, label in (("trl", "TRL DPOTrainer"), ("ours", "ours (`method: dpo`)")):

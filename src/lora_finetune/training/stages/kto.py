@@ -18,6 +18,7 @@ from ...run_record import RunRecord
 from ..batching import LENGTH_COLUMN, with_lengths
 from ..trainers import build_training_args, finish_trainer, run_callbacks
 from .base import Stage
+from .preference import reference_without_copy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -80,6 +81,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=run_callbacks(cfg, recipe, callbacks),
     )
+    reference_without_copy(trainer, cfg)
     return finish_trainer(trainer, cfg, [r[LENGTH_COLUMN] for r in train_rows])
 
 
