@@ -54,6 +54,7 @@ test-floor: $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -m "not slow and not e2e and not browser and not llamacpp"
 
 $(FLOOR_STAMP): pyproject.toml .ci/floors.py
+	@$(PYTHON) -c "import sys; sys.version_info >= (3, 11) or sys.exit('lora-finetune needs Python >= 3.11 (TRL needs it); $(PYTHON) is ' + sys.version.split()[0] + '. Install one and run e.g.: make PYTHON=python3.11 test')"
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
 	mkdir -p build && $(PYTHON) .ci/floors.py quant > build/floor-constraints.txt
@@ -72,6 +73,7 @@ format: $(STAMP)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import sys; sys.version_info >= (3, 11) or sys.exit('lora-finetune needs Python >= 3.11 (TRL needs it); $(PYTHON) is ' + sys.version.split()[0] + '. Install one and run e.g.: make PYTHON=python3.11 test')"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"

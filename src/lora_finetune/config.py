@@ -287,6 +287,12 @@ class LoRAFinetuneConfig:
         for name in ("desirable_weight", "undesirable_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 bad(name, "must be a positive number; 1.0 weighs desirable and undesirable answers alike")
+        if self.method == "kto" and self.batch_size < 2:
+            bad(
+                "batch_size",
+                "method kto needs at least 2: its KL term pairs each answer with another one of the same "
+                "batch (use gradient_accumulation_steps to keep the effective batch)",
+            )
         if self.method != "sft" and self.lora_backend == "reference":
             bad(
                 "lora_backend",

@@ -222,6 +222,8 @@ def test_llama_factory_names_are_recorded_under_ours(tiny_qwen3, tmp_path):
         build_config({"stage": "dpo", "pref_loss": "kto_pair"})
     with pytest.raises(ConfigError, match="trains method: sft only"):
         build_config({"method": "dpo", "lora_backend": "reference"})
+    with pytest.raises(ConfigError, match="method kto needs at least 2"):
+        build_config({"method": "kto", "batch_size": 1})
 
 
 # --------------------------------------------------------------------------- quantised bases, memory

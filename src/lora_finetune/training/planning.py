@@ -146,7 +146,8 @@ def _layouts(cfg: LoRAFinetuneConfig, liger: bool = False) -> list[dict[str, Any
         out.append(dict(fused))
     if not cfg.gradient_checkpointing:
         out.append({"gradient_checkpointing": True, **fused})
-    for bs in range(cfg.batch_size - 1, 0, -1):
+    smallest = 2 if cfg.method == "kto" else 1  # KTO's KL term pairs answers within a batch
+    for bs in range(cfg.batch_size - 1, smallest - 1, -1):
         if cfg.batch_size % bs == 0:
             out.append(
                 {
@@ -208,7 +209,8 @@ def plan_memory(
     raise ConfigError(
         f"The run does not fit memory_budget {cfg.memory_budget} ({budget / GiB:.1f} GiB"
         + (f", {where}" if str(cfg.memory_budget).strip().lower() == "auto" else "")
-        + f"): even batch_size 1 with gradient checkpointing is estimated at {smallest / GiB:.1f} GiB "
+        + f"): even batch_size {layouts[-1].get('batch_size', cfg.batch_size)} with gradient checkpointing is "
+        f"estimated at {smallest / GiB:.1f} GiB "
         f"(samples up to {tokens} tokens). Use quantization: 4bit, a lower max_length, a smaller r or "
         "model, free some memory, or memory_budget: none to try anyway."
     )
