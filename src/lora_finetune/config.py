@@ -298,6 +298,15 @@ class LoRAFinetuneConfig:
                 "lora_backend",
                 f"the reference LoRALinear trains method: sft only; use lora_backend: peft for method: {self.method}",
             )
+        if self.init_adapter is not None:
+            if Path(self.init_adapter).expanduser().resolve() == Path(self.output_dir).expanduser().resolve():
+                bad(
+                    "init_adapter",
+                    "is output_dir: the run would replace the adapter it starts from. Write the new run "
+                    "elsewhere, e.g. --output_dir " + f"{self.output_dir}-{self.method}",
+                )
+            if self.lora_backend == "reference":
+                bad("lora_backend", "the reference LoRALinear starts fresh; use lora_backend: peft with init_adapter")
         if self.lora_backend == "reference" and self.quantization != "none":
             bad(
                 "lora_backend",

@@ -197,3 +197,29 @@ def test_text_files_and_csv_headers_of_other_kinds(tmp_path):
     assert record_kind(pair) == "preference" and pair["chosen"]["content"] == "4"
     with pytest.raises(DataError, match="holds raw text, but instructions with answers are read here"):
         load_records(txt)
+
+
+def test_a_saved_trl_preference_dataset_loads_as_pairs(tmp_path):
+    """What `load_dataset("trl-lib/ultrafeedback_binarized").save_to_disk(...)` leaves: a DatasetDict
+    whose rows hold conversational chosen/rejected lists with the prompt inside (implicit prompt)."""
+    from datasets import Dataset, DatasetDict
+
+    rows = [
+        {
+            "chosen": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"Good {i}."}],
+            "rejected": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": "Bad."}],
+            "score_chosen": 8.0,
+            "score_rejected": 2.0,
+        }
+        for i in range(3)
+    ]
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:1])}).save_to_disk(
+        str(tmp_path / "uf")
+    )
+    records, sha = load_source(tmp_path / "uf", kinds=ALL)
+    assert len(records) == 3 and len(sha) == 64
+    assert {record_kind(r) for r in records} == {"preference"}
+    assert [m["content"] for m in records[1]["messages"]] == ["Q1?"]
+    assert (records[1]["chosen"]["content"], records[1]["rejected"]["content"]) == ("Good 1.", "Bad.")
+    with pytest.raises(DataError, match="preference"):  # an SFT run is told what the folder holds
+        load_source(tmp_path / "uf")

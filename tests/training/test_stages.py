@@ -226,6 +226,21 @@ def test_llama_factory_names_are_recorded_under_ours(tiny_qwen3, tmp_path):
         build_config({"method": "kto", "batch_size": 1})
 
 
+def test_an_init_adapter_that_cannot_be_continued_is_refused_before_work(tiny_qwen3, tmp_path):
+    from lora_finetune.config import build_config
+    from lora_finetune.errors import ModelError
+
+    with pytest.raises(ConfigError, match="would replace the adapter it starts from.*outputs/x-dpo"):
+        build_config({"method": "dpo", "init_adapter": "outputs/x/", "output_dir": "./outputs/x"})
+    with pytest.raises(ConfigError, match="reference LoRALinear starts fresh"):
+        build_config({"init_adapter": "outputs/x", "lora_backend": "reference"})
+    (tmp_path / "file").write_text("x")
+    for where in (tmp_path / "missing", tmp_path / "file", tmp_path):
+        with pytest.raises(ModelError, match="is not an adapter folder"):
+            train(tiny_config(tiny_qwen3, tmp_path / "run", method="dpo", init_adapter=str(where)))
+        assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- quantised bases, memory
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_dpo_on_a_quantised_base(tiny_models, tmp_path, quantization):
