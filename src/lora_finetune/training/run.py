@@ -441,7 +441,7 @@ def _save_run(
         tokenizer.save_pretrained(work)
         RunRecord(_recipe(cfg), resolved).save(work / RUN_CONFIG)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        plot_losses(trainer.state.log_history, work / LOSS_PLOT, kept_step(trainer))
+        _draw_plot(trainer, work / LOSS_PLOT)
         runs = work / "checkpoints" / "runs"  # TensorBoard's folder under the Trainer's output_dir
         if runs.is_dir():
             shutil.move(str(runs), str(work / "runs"))
@@ -449,6 +449,25 @@ def _save_run(
         # Checkpoints hold optimizer state for resuming; a finished run does not need them.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         replace_dir(work, final)
+
+
+def _draw_plot(trainer: Trainer, path: Path) -> None:
+    """The loss plot is a picture of metrics.json: a plotting library that cannot draw (a
+    matplotlib built for another numpy, a broken font cache) must not cost the trained adapter.
+    A full disk still stops the save, before the manifest, so the run stays resumable."""
+    try:
+        plot_losses(trainer.state.log_history, path, kept_step(trainer))
+    except OSError:
+        raise
+    except Exception as e:  # matplotlib raises ImportError, RuntimeError, ValueError, ...
+        path.unlink(missing_ok=True)
+        log.warning(
+            "%s not drawn (%s: %s); metrics.json holds the same numbers. Reinstall matplotlib (pip install -U "
+            "matplotlib) to get the plot next time.",
+            path.name,
+            type(e).__name__,
+            str(e).splitlines()[0][:160] if str(e) else "",
+        )
 
 
 def _callback(trainer: Trainer, kind: type[T]) -> T:
