@@ -45,6 +45,32 @@ METHOD_KIND: dict[str, str] = {
 }
 """The data kind each training method trains on."""
 
+BEST_METRICS: dict[str, bool] = {
+    "loss": False,
+    "rewards/accuracies": True,
+    "rewards/margins": True,
+    "rewards/chosen": True,
+}
+"""Held-out metrics `metric_for_best_model` may name, and whether higher is better. The reward
+metrics are TRL's; rewards/rejected, logps and kl are left out: their "better" is no direction."""
+
+METHOD_METRICS: dict[str, tuple[str, ...]] = {
+    "sft": ("loss",),
+    "pt": ("loss",),
+    "dpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "orpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "simpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "kto": ("loss", "rewards/margins", "rewards/chosen"),  # TRL's KTO has no pairs to count accuracy on
+}
+"""The metrics each method's evaluation reports, of BEST_METRICS."""
+
+
+def best_metric_name(name: str) -> str:
+    """`eval_rewards/accuracies` and `rewards/accuracies` are one metric (the Trainer adds `eval_`)."""
+    name = str(name).strip()
+    return name[len("eval_") :] if name.startswith("eval_") else name
+
+
 DPO_LOSSES: tuple[str, ...] = (
     "sigmoid",
     "hinge",
@@ -120,11 +146,14 @@ def parse_bool(value: object) -> bool:
 
 
 __all__ = [
+    "BEST_METRICS",
     "DATA_FORMATS",
     "DATA_KINDS",
     "DPO_LOSSES",
     "METHODS",
     "METHOD_KIND",
+    "METHOD_METRICS",
+    "best_metric_name",
     "DataKind",
     "Method",
     "DTYPES",

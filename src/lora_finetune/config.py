@@ -27,6 +27,7 @@ import yaml
 from .choices import (
     DPO_LOSSES,
     LR_SCHEDULERS,
+    METHOD_METRICS,
     SCHEDULERS_NEEDING_SETTINGS,
     DataFormat,
     DType,
@@ -36,6 +37,7 @@ from .choices import (
     Quantization,
     Resume,
     TemplateName,
+    best_metric_name,
     canonical_template,
     parse_bool,
 )
@@ -130,7 +132,9 @@ class LoRAFinetuneConfig:
     """Keep the checkpoint with the best `metric_for_best_model` (not the last) as the adapter.
     Needs evaluation (eval_fraction > 0) and save_steps a multiple of eval_steps."""
     metric_for_best_model: str = "eval_loss"
-    """What "best" means for load_best_model_at_end and early stopping (lower is better for losses)."""
+    """What "best" means for load_best_model_at_end and early stopping: `eval_loss` (lower is
+    better); for dpo / orpo / simpo also `rewards/accuracies`, `rewards/margins` or
+    `rewards/chosen` (higher is better; kto has no accuracies)."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without improvement (needs load_best_model_at_end)."""
     seed: int = 42
@@ -258,6 +262,15 @@ class LoRAFinetuneConfig:
                     "save_steps",
                     f"must be a multiple of eval_steps ({self.eval_steps}) with load_best_model_at_end, so "
                     "every evaluated step has a checkpoint to keep",
+                )
+            metric = best_metric_name(self.metric_for_best_model)
+            offered = METHOD_METRICS.get(self.method, ("loss",))
+            if metric not in offered:
+                close = difflib.get_close_matches(metric, offered, n=1)
+                bad(
+                    "metric_for_best_model",
+                    (f"did you mean `{close[0]}`? " if close else "")
+                    + f"method {self.method} evaluates {', '.join(offered)} (with or without the eval_ prefix)",
                 )
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:

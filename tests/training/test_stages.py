@@ -118,6 +118,26 @@ def test_dpo_learns_the_preference_and_writes_an_ordinary_adapter(tiny_qwen3, tm
     assert after > before, (before, after)
 
 
+@pytest.mark.parametrize(("method", "metric"), [("dpo", "rewards/accuracies"), ("kto", "eval_rewards/margins")])
+def test_the_best_checkpoint_is_chosen_by_a_reward_metric(tiny_qwen3, tmp_path, method, metric):
+    """load_best_model_at_end keeps the checkpoint with the highest held-out reward metric
+    (higher is better for rewards, unlike a loss), and the adapter is that step's."""
+    res = train(tiny_config(tiny_qwen3, tmp_path / method, method=method, steps=6, learning_rate=2e-2,
+                            eval_steps=2, save_steps=2, eval_fraction=0.2, load_best_model_at_end=True,
+                            metric_for_best_model=metric))  # fmt: skip
+    key = "eval_" + metric.removeprefix("eval_")
+    *during, final = _history(res, key)  # the last evaluation is of the adapter kept
+    best_step, best = max(during, key=lambda sv: (sv[1], -sv[0]))  # the Trainer keeps the first of equals
+    assert [s for s, _ in during] == [2, 4, 6] and res.metrics["best_metric"] == pytest.approx(best)
+    assert res.metrics["adapter_step"] == best_step and final[1] == pytest.approx(best)
+    with pytest.raises(ConfigError, match="did you mean `rewards/accuracies`.*method dpo evaluates loss, rewards/acc"):
+        tiny_config(tiny_qwen3, tmp_path / "x", method="dpo", eval_fraction=0.2, load_best_model_at_end=True,
+                    metric_for_best_model="reward/accuracy")  # fmt: skip
+    with pytest.raises(ConfigError, match="method kto evaluates loss, rewards/margins, rewards/chosen"):
+        tiny_config(tiny_qwen3, tmp_path / "x", method="kto", eval_fraction=0.2, load_best_model_at_end=True,
+                    metric_for_best_model="rewards/accuracies")  # fmt: skip
+
+
 @pytest.mark.parametrize("method", ["orpo", "simpo", "kto"])
 def test_the_other_preference_methods_train_and_report(tiny_qwen3, tmp_path, method):
     res = train(tiny_config(tiny_qwen3, tmp_path / method, method=method, steps=4, learning_rate=1e-2))

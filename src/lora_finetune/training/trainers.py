@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..choices import BEST_METRICS, best_metric_name
 from ..config import LoRAFinetuneConfig
 from ..run_record import RunRecord
 from .batching import LENGTH_COLUMN, LengthGroupedSampler
@@ -63,7 +64,9 @@ def build_training_args(
         report_to=cfg.report_to,
         load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
         metric_for_best_model=cfg.metric_for_best_model if cfg.load_best_model_at_end else None,
-        greater_is_better=None if not cfg.load_best_model_at_end else not cfg.metric_for_best_model.endswith("loss"),
+        greater_is_better=BEST_METRICS.get(best_metric_name(cfg.metric_for_best_model), False)
+        if cfg.load_best_model_at_end
+        else None,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # show NaN/inf losses: HealthCallback stops on them
