@@ -246,6 +246,16 @@ def test_llama_factory_names_are_recorded_under_ours(tiny_qwen3, tmp_path):
         build_config({"method": "kto", "batch_size": 1})
 
 
+def test_a_preference_run_takes_the_output_lock(tiny_qwen3, tmp_path):
+    """One writer per output folder, whatever the method: a second run is refused, naming the first."""
+    from lora_finetune.folders import OutputBusyError, output_lock
+
+    with output_lock(tmp_path / "run", command="the first dpo run"):
+        with pytest.raises(OutputBusyError, match="being written by another process.*the first dpo run"):
+            train(tiny_config(tiny_qwen3, tmp_path / "run", method="dpo"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_init_adapter_that_cannot_be_continued_is_refused_before_work(tiny_qwen3, tmp_path):
     from lora_finetune.config import build_config
     from lora_finetune.errors import ModelError
