@@ -303,9 +303,15 @@ def test_language_switch(browser, webui_server):
     pg.close()
 
 
-def test_dpo_from_the_method_selector(page):
+def test_dpo_from_the_method_selector(browser, webui_server):
     """Pick method dpo: the data check shows the demo pairs with both answers, training reports
-    the reward accuracy and margin on the Train tab."""
+    the reward accuracy and margin on the Train tab. (A page of its own: the module's page is
+    closed by the close-the-tab test.)"""
+    url, _ = webui_server
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_selector("#model textarea")
     tab(page, "Train")
     train_settings(page, "dpo-run", 3)
     text_in(page, "data-path", "")
@@ -320,3 +326,4 @@ def test_dpo_from_the_method_selector(page):
     expect(page.locator("#train-rewards")).to_contain_text(re.compile(r"train reward acc [0-9.]+, margin"))
     expect(page.locator("#train-rewards")).to_contain_text("held-out reward acc")
     pick(page, "set-method", "sft")
+    page.close()
