@@ -19,7 +19,7 @@ NODE_LLAMA_CPP_VERSION ?= 3.22.1
 NODE_PREFIX := build/node
 NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
 
-.PHONY: demo test test-fast test-floor lint format install clean bench-cpu chromium tcmalloc
+.PHONY: demo demo-dpo test test-fast test-floor lint format install clean bench-cpu chromium tcmalloc
 
 demo: $(STAMP) tcmalloc
 	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
@@ -27,6 +27,11 @@ demo: $(STAMP) tcmalloc
 	  --output_dir outputs/demo --steps 60 --learning_rate 1e-3 --eval_steps 10 --save_steps 10 \
 	  --load_best_model_at_end true \
 	  --overwrite true
+
+# DPO on top of the SFT demo (run `make demo` first): answers in complete sentences.
+demo-dpo: $(STAMP) tcmalloc
+	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
+	$(PY) lesson1/05_lora_finetune/lora_dpo_demo.py --overwrite true
 
 test: $(STAMP) $(NODE_STAMP) chromium tcmalloc
 	$(PY) -m pytest -q
@@ -49,6 +54,7 @@ test-floor: $(FLOOR_STAMP)
 	OMP_NUM_THREADS=1 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -m "not slow and not e2e and not browser and not llamacpp"
 
 $(FLOOR_STAMP): pyproject.toml .ci/floors.py
+	@$(PYTHON) -c "import sys; sys.version_info >= (3, 11) or sys.exit('lora-finetune needs Python >= 3.11 (TRL needs it); $(PYTHON) is ' + sys.version.split()[0] + '. Install one and run e.g.: make PYTHON=python3.11 test')"
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
 	mkdir -p build && $(PYTHON) .ci/floors.py quant > build/floor-constraints.txt
@@ -67,6 +73,7 @@ format: $(STAMP)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import sys; sys.version_info >= (3, 11) or sys.exit('lora-finetune needs Python >= 3.11 (TRL needs it); $(PYTHON) is ' + sys.version.split()[0] + '. Install one and run e.g.: make PYTHON=python3.11 test')"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"

@@ -103,6 +103,7 @@ def apply_knobs(overrides: dict[str, str]) -> dict[str, str]:
     import torch
 
     from lora_finetune.training import run
+    from lora_finetune.training.stages import sft
 
     overrides.pop("malloc", None)  # applied by the driver (malloc_env)
     if "threads" in overrides:  # torch's intra-op thread count
@@ -110,7 +111,7 @@ def apply_knobs(overrides: dict[str, str]) -> dict[str, str]:
     optim = overrides.pop("optim", None)
     compile_ = overrides.pop("compile", "false").lower() == "true"
     if optim or compile_:
-        build = run.build_training_args
+        build = sft.build_training_args
 
         def patched(*a, **kw):
             args = build(*a, **kw)
@@ -121,7 +122,7 @@ def apply_knobs(overrides: dict[str, str]) -> dict[str, str]:
                 args.torch_compile_backend = "inductor"
             return args
 
-        run.build_training_args = patched
+        sft.build_training_args = patched
     attn = overrides.pop("attn", None)
     if attn:
         attach = run.attach_lora

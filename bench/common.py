@@ -243,6 +243,7 @@ def versions() -> dict[str, str]:
         "datasets",
         "bitsandbytes",
         "liger-kernel",
+        "trl",
         "gguf",
         "lora-finetune",
     ):

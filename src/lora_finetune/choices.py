@@ -20,6 +20,11 @@ DataFormat = Literal["auto", "alpaca", "messages", "sharegpt"]
 LoraBackend = Literal["peft", "reference"]
 Resume = Literal["no", "auto"]
 LigerMode = Literal["auto", "true", "false"]
+Method = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto"]
+"""Training stages: supervised fine-tuning, continued pretraining, and the preference methods."""
+DataKind = Literal["instruction", "text", "preference", "kto"]
+"""What a dataset's records are: instructions with answers, raw text, chosen/rejected pairs, or
+answers labelled desirable/undesirable (KTO)."""
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DTYPES: tuple[str, ...] = get_args(DType)
@@ -27,6 +32,62 @@ TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 LORA_BACKENDS: tuple[str, ...] = get_args(LoraBackend)
 LIGER_MODES: tuple[str, ...] = get_args(LigerMode)
+METHODS: tuple[str, ...] = get_args(Method)
+DATA_KINDS: tuple[str, ...] = get_args(DataKind)
+
+METHOD_KIND: dict[str, str] = {
+    "sft": "instruction",
+    "pt": "text",
+    "dpo": "preference",
+    "orpo": "preference",
+    "simpo": "preference",
+    "kto": "kto",
+}
+"""The data kind each training method trains on."""
+
+BEST_METRICS: dict[str, bool] = {
+    "loss": False,
+    "rewards/accuracies": True,
+    "rewards/margins": True,
+    "rewards/chosen": True,
+}
+"""Held-out metrics `metric_for_best_model` may name, and whether higher is better. The reward
+metrics are TRL's; rewards/rejected, logps and kl are left out: their "better" is no direction."""
+
+METHOD_METRICS: dict[str, tuple[str, ...]] = {
+    "sft": ("loss",),
+    "pt": ("loss",),
+    "dpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "orpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "simpo": ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen"),
+    "kto": ("loss", "rewards/margins", "rewards/chosen"),  # TRL's KTO has no pairs to count accuracy on
+}
+"""The metrics each method's evaluation reports, of BEST_METRICS."""
+
+
+def best_metric_name(name: str) -> str:
+    """`eval_rewards/accuracies` and `rewards/accuracies` are one metric (the Trainer adds `eval_`)."""
+    name = str(name).strip()
+    return name[len("eval_") :] if name.startswith("eval_") else name
+
+
+DPO_LOSSES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
+"""`loss_type` values for `method: dpo`: TRL's DPOTrainer losses (sigmoid is the DPO paper's)."""
 
 LR_SCHEDULERS: tuple[str, ...] = (
     "linear",
@@ -85,7 +146,16 @@ def parse_bool(value: object) -> bool:
 
 
 __all__ = [
+    "BEST_METRICS",
     "DATA_FORMATS",
+    "DATA_KINDS",
+    "DPO_LOSSES",
+    "METHODS",
+    "METHOD_KIND",
+    "METHOD_METRICS",
+    "best_metric_name",
+    "DataKind",
+    "Method",
     "DTYPES",
     "EXPORT_FORMATS",
     "EXPORT_OUTTYPES",

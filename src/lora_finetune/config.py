@@ -25,15 +25,19 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from .choices import (
+    DPO_LOSSES,
     LR_SCHEDULERS,
+    METHOD_METRICS,
     SCHEDULERS_NEEDING_SETTINGS,
     DataFormat,
     DType,
     LigerMode,
     LoraBackend,
+    Method,
     Quantization,
     Resume,
     TemplateName,
+    best_metric_name,
     canonical_template,
     parse_bool,
 )
@@ -128,15 +132,18 @@ class LoRAFinetuneConfig:
     """Keep the checkpoint with the best `metric_for_best_model` (not the last) as the adapter.
     Needs evaluation (eval_fraction > 0) and save_steps a multiple of eval_steps."""
     metric_for_best_model: str = "eval_loss"
-    """What "best" means for load_best_model_at_end and early stopping (lower is better for losses)."""
+    """What "best" means for load_best_model_at_end and early stopping: `eval_loss` (lower is
+    better); for dpo / orpo / simpo also `rewards/accuracies`, `rewards/margins` or
+    `rewards/chosen` (higher is better; kto has no accuracies)."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without improvement (needs load_best_model_at_end)."""
     seed: int = 42
     """Seed for data split, shuffling, LoRA initialisation and dropout."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
-    packing: bool = False
-    """Put several samples in one row (positions restart per sample, no cross-attention)."""
+    packing: bool | None = None
+    """Put several samples in one row (positions restart per sample, no cross-attention). Unset:
+    on for `method: pt`, off otherwise."""
     group_by_length: bool = True
     """Batch samples of similar length together so per-batch padding stays small (not with packing)."""
     use_liger: LigerMode = "auto"
@@ -155,6 +162,28 @@ class LoRAFinetuneConfig:
     (a list for several). TensorBoard logs end up in the run's `runs/` folder."""
     label_logits_only: bool = True
     """Build output-layer logits only where the next token is learned (same loss, less work)."""
+
+    # --- training stage (sft is the default; the others run on TRL's trainers) ---
+    method: Method = "sft"
+    """`sft` (instructions and answers), `pt` (continued pretraining on raw text: every token is
+    learned), `dpo`, `orpo`, `simpo` (preference pairs: a chosen and a rejected answer per prompt),
+    `kto` (answers labelled desirable or not)."""
+    beta: float = 0.1
+    """Preference methods: DPO's and KTO's beta (higher: stay closer to the reference model),
+    ORPO's odds-ratio weight (lambda), SimPO's reward scale (its paper uses 2.0-2.5)."""
+    loss_type: str = "sigmoid"
+    """`method: dpo`: the loss, by TRL's name: sigmoid (the DPO paper's), ipo, hinge, robust, ..."""
+    sft_weight: float = 0.0
+    """`method: dpo`: weight of an added SFT loss on the chosen answers (0: none)."""
+    simpo_gamma: float = 0.5
+    """`method: simpo`: the target reward margin (gamma)."""
+    desirable_weight: float = 1.0
+    """`method: kto`: the weight of desirable answers' loss."""
+    undesirable_weight: float = 1.0
+    """`method: kto`: the weight of undesirable answers' loss (raise it when bad answers are rarer)."""
+    init_adapter: Path | None = None
+    """An adapter folder to start from (an SFT run before DPO, say): its weights are trained
+    further, and for dpo/kto it is the reference the new adapter is measured against."""
 
     # --- run control ---
     overwrite: bool = False
@@ -234,6 +263,15 @@ class LoRAFinetuneConfig:
                     f"must be a multiple of eval_steps ({self.eval_steps}) with load_best_model_at_end, so "
                     "every evaluated step has a checkpoint to keep",
                 )
+            metric = best_metric_name(self.metric_for_best_model)
+            offered = METHOD_METRICS.get(self.method, ("loss",))
+            if metric not in offered:
+                close = difflib.get_close_matches(metric, offered, n=1)
+                bad(
+                    "metric_for_best_model",
+                    (f"did you mean `{close[0]}`? " if close else "")
+                    + f"method {self.method} evaluates {', '.join(offered)} (with or without the eval_ prefix)",
+                )
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 bad("early_stopping_patience", "must be at least 1 evaluation")
@@ -247,6 +285,41 @@ class LoRAFinetuneConfig:
             bad("target_modules", "an empty list targets nothing; use `auto` or name layers")
         if not str(self.model_name).strip():
             bad("model_name", "is empty; give a hub id, a folder, or smollm2-135m-instruct")
+        if self.beta <= 0 or not math.isfinite(self.beta):
+            bad("beta", "must be a positive number; 0.1 is the usual value (SimPO: 2.0)")
+        if self.loss_type not in DPO_LOSSES:
+            close = difflib.get_close_matches(self.loss_type, DPO_LOSSES, n=1)
+            bad(
+                "loss_type",
+                (f"did you mean `{close[0]}`? " if close else "")
+                + f"use one of {', '.join(DPO_LOSSES)} (for ORPO or SimPO set method: orpo / simpo)",
+            )
+        for name in ("sft_weight", "simpo_gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "must be a finite number >= 0")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                bad(name, "must be a positive number; 1.0 weighs desirable and undesirable answers alike")
+        if self.method == "kto" and self.batch_size < 2:
+            bad(
+                "batch_size",
+                "method kto needs at least 2: its KL term pairs each answer with another one of the same "
+                "batch (use gradient_accumulation_steps to keep the effective batch)",
+            )
+        if self.method != "sft" and self.lora_backend == "reference":
+            bad(
+                "lora_backend",
+                f"the reference LoRALinear trains method: sft only; use lora_backend: peft for method: {self.method}",
+            )
+        if self.init_adapter is not None:
+            if Path(self.init_adapter).expanduser().resolve() == Path(self.output_dir).expanduser().resolve():
+                bad(
+                    "init_adapter",
+                    "is output_dir: the run would replace the adapter it starts from. Write the new run "
+                    "elsewhere, e.g. --output_dir " + f"{self.output_dir}-{self.method}",
+                )
+            if self.lora_backend == "reference":
+                bad("lora_backend", "the reference LoRALinear starts fresh; use lora_backend: peft with init_adapter")
         if self.lora_backend == "reference" and self.quantization != "none":
             bad(
                 "lora_backend",
@@ -293,6 +366,15 @@ ALIASES = {
     "learning_rate_scheduler": "lr_scheduler_type",
     "lr_scheduler": "lr_scheduler_type",
     "seed_value": "seed",
+    "stage": "method",
+    "pref_beta": "beta",
+    "pref_loss": "loss_type",
+    "pref_ftx": "sft_weight",
+    "rpo_alpha": "sft_weight",
+    "kto_chosen_weight": "desirable_weight",
+    "kto_rejected_weight": "undesirable_weight",
+    "adapter_name_or_path": "init_adapter",
+    "adapter": "init_adapter",
 }
 """Names from TrainingArguments, peft, LLaMA-Factory and common scripts, accepted for ours. The
 config (and run_config.yaml) records our name; two spellings of one key must agree."""
@@ -467,12 +549,34 @@ def build_config(
             f"steps={kwargs['steps']} and epochs={kwargs['epochs']} are both given; training runs for "
             "a number of steps or of epochs: keep one"
         )
+    _methods_by_loss(kwargs, problems)
     cfg = dataclasses.replace(base or LoRAFinetuneConfig(), **kwargs)
+    if cfg.packing is None:  # decided once and recorded: pretraining packs documents, the rest pads
+        cfg.packing = cfg.method == "pt"
     problems += cfg.validate()
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{source} has {len(problems)} problem(s):\n{lines}")
     return cfg
+
+
+METHODS_AS_LOSS = ("orpo", "simpo")
+"""LLaMA-Factory writes ORPO and SimPO as `stage: dpo` + `pref_loss: orpo|simpo`; here they are methods."""
+
+
+def _methods_by_loss(kwargs: dict[str, Any], problems: list[str]) -> None:
+    """`pref_loss: orpo` / `loss_type: simpo` (LLaMA-Factory's spelling) -> `method: orpo` / `simpo`."""
+    loss = kwargs.get("loss_type")
+    if loss in METHODS_AS_LOSS:
+        if kwargs.get("method", "dpo") not in ("dpo", loss):
+            problems.append(
+                f"loss_type={loss!r} is a preference method of its own; it does not go with method={kwargs['method']!r}"
+            )
+            return
+        kwargs["method"], kwargs["loss_type"] = loss, "sigmoid"
+    elif loss == "kto_pair":
+        problems.append("loss_type='kto_pair' is no longer in TRL; use method: kto with answers labelled true/false")
+        kwargs.pop("loss_type")  # said once
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> LoRAFinetuneConfig:

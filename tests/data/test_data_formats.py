@@ -164,14 +164,27 @@ def test_empty_file(tmp_path):
 
 
 def test_unsupported_suffix_and_missing_file(tmp_path):
-    assert "unsupported file type" in _err(tmp_path, "d.txt", "hello")
+    assert "unsupported file type" in _err(tmp_path, "d.docx", "hello")
     with pytest.raises(DataError, match="does not exist"):
         load_records(tmp_path / "nope.jsonl")
 
 
 def test_unknown_format(tmp_path):
-    msg = _err(tmp_path, "d.jsonl", '{"prompt": "a", "completion": "b"}\n')
+    msg = _err(tmp_path, "d.jsonl", '{"question": "a", "reply": "b"}\n')
     assert "cannot tell the data format" in msg and "`instruction`" in msg
+
+
+def test_trl_prompt_completion_is_an_instruction(tmp_path):
+    """TRL's prompt-completion SFT rows, as strings and as conversational messages."""
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        '{"prompt": "a", "completion": "b"}\n'
+        '{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], '
+        '"completion": [{"role": "assistant", "content": "r"}]}\n'
+    )
+    first, second = load_records(p)
+    assert [(m["role"], m["content"]) for m in first["messages"]] == [("user", "a"), ("assistant", "b")]
+    assert second["system"] == "s" and [m["content"] for m in second["messages"]] == ["q", "r"]
 
 
 # --------------------------------------------------------------------------- fuzz

@@ -274,3 +274,19 @@ def test_glm4_stays_refused(glm_adapter, tmp_path, monkeypatch):
     monkeypatch.setattr("lora_finetune.export.runner.arch_for", as_glm4)
     with pytest.raises(LoraFinetuneError, match=r"model_type 'glm4'.*glm \(llama.cpp `chatglm`\)"):
         export_model(copy, tmp_path / "out")
+
+
+def test_a_dpo_adapter_on_chatglm3_exports_like_an_sft_one(spm_model, tmp_path):
+    """Preference training goes through the ChatGLM3 template (pairs encoded as SFT would), and
+    what comes out exports to GGUF and to the original ChatGLM checkpoint's module names."""
+    from lora_finetune.export.chatglm_adapter import export_chatglm_adapter
+    from lora_finetune.run_record import RunRecord
+
+    src = chatglm3_checkpoint(tmp_path / "chatglm3", spm_model)
+    adapter = _train(src, tmp_path / "dpo", method="dpo", steps=2)
+    record = RunRecord.read(adapter)
+    assert record.config.method == "dpo" and record.template in ("chat", "chatglm3")  # the ChatGLM3 format
+    gguf = export_model(adapter, tmp_path / "gguf")
+    assert any(p.suffix == ".gguf" for p in gguf.output_dir.iterdir())
+    original = export_chatglm_adapter(adapter, tmp_path / "original")
+    assert "query_key_value" in original.target_modules

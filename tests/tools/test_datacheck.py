@@ -55,3 +55,29 @@ def test_write_demo_then_check_it_from_the_cli(tiny_qwen3, tmp_path, capsys):
     assert len(json.loads((tmp_path / "demo.json").read_text(encoding="utf-8"))) == 20
     with pytest.raises(DataError, match=".jsonl or .json"):
         write_demo(tmp_path / "demo.csv")
+
+
+def test_data_checks_preference_kto_and_text_files(capsys, tmp_path):
+    """`lora-finetune data` on the other kinds: what they are, which methods train on them, and a
+    pair shown with both answers, the learned part of each marked."""
+    from pathlib import Path
+
+    from lora_finetune.cli import main
+
+    lf = Path(__file__).resolve().parents[1] / "fixtures" / "llama_factory" / "data"
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "--write-demo", str(pairs), "--kind", "preference"]) == 0
+    assert "Wrote the demo data (preference)" in capsys.readouterr().out
+    assert main(["data", str(pairs), "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "30 records" in out and "preference pairs (chosen / rejected): train with method dpo, orpo, simpo" in out
+    assert "sample 1 (chosen)" in out and "[[中国的首都是北京。" in out
+    assert "sample 1 (rejected)" in out and "[[北京。" in out
+    assert main(["data", str(lf), "--dataset", "kto_en_demo", "--show", "0"]) == 0
+    assert "150 desirable, 150 undesirable answers" in capsys.readouterr().out
+    assert main(["data", str(lf), "--dataset", "c4_demo", "--show", "0", "--max_length", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "raw text: train with method pt" in out and "cut into pieces" in out and "0 prompt tokens masked" in out
+    with pytest.raises(SystemExit) as e:
+        main(["data", "--write-demo", str(tmp_path / "x.jsonl"), "--kind", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

@@ -80,6 +80,20 @@ def test_output_folder_contents(tiny_qwen3, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["run"]
 
 
+def test_a_plot_that_cannot_be_drawn_does_not_cost_the_adapter(tiny_qwen3, tmp_path, monkeypatch, caplog):
+    """matplotlib 3.7 under numpy 2 fails to import: the run still finishes, without the picture."""
+    import lora_finetune.training.run as run_module
+
+    def broken(*a, **k):
+        raise ImportError("numpy.core.multiarray failed to import")
+
+    monkeypatch.setattr(run_module, "plot_losses", broken)
+    res = train(tiny_config(tiny_qwen3, tmp_path / "run", steps=2))
+    assert (res.output_dir / "adapter_model.safetensors").is_file() and (res.output_dir / "manifest.json").is_file()
+    assert not (res.output_dir / "loss_curve.png").exists()
+    assert "loss_curve.png not drawn (ImportError: numpy.core.multiarray" in caplog.text
+
+
 def test_refuses_to_overwrite_then_overwrites(tiny_qwen3, tmp_path):
     train(tiny_config(tiny_qwen3, tmp_path / "run", steps=2))
     with pytest.raises(ConfigError, match="--overwrite"):

@@ -92,3 +92,29 @@ def test_errors_become_page_messages_without_traceback():
     assert "Traceback" not in e.value.message
     with pytest.raises(gr.Error, match="bad row 3"):
         list(streams())
+
+
+def test_progress_reads_the_preference_metrics():
+    from lora_finetune.webui.jobs import parse_log
+
+    log = (
+        "[lora-finetune] step 1/4  loss 0.6931  lr 1.0e-02  grad 0.8  reward acc 0.00  margin 0.000  |  0.04 s/step\n"
+        "[lora-finetune] step 2/4  eval loss 0.6251  reward acc 1.00  margin 0.153\n"
+        "[lora-finetune] step 3/4  loss 0.5000  lr 5.0e-03  |  0.04 s/step, ~0s left\n"
+    )
+    prog = parse_log(log)
+    assert prog.rewards == {"train": [(1, 0.0, 0.0)], "eval": [(2, 1.0, 0.153)]}
+    assert prog.train == [(1, 0.6931), (3, 0.5)] and prog.eval == [(2, 0.6251)]
+
+
+def test_data_preview_of_the_method_demo_pairs(webui_workdir):
+    from lora_finetune.webui.actions import WebUI
+    from lora_finetune.webui.paths import Workdir
+
+    ui = WebUI(Workdir(webui_workdir))
+    prev = ui.data_preview("models/tiny", None, method="dpo", n=1)
+    assert "30 records of preference pairs (chosen / rejected) (method dpo / orpo / simpo)" in prev.stats
+    titles = [text for text, label in prev.samples if text.startswith("──")]
+    assert titles == ["── sample 1 (chosen) ──\n", "── sample 1 (rejected) ──\n"]
+    learned = [text for text, label in prev.samples if label == "learned"]
+    assert any("中国的首都是北京。" in t for t in learned) and any(t.startswith("北京。") for t in learned)

@@ -301,3 +301,29 @@ def test_language_switch(browser, webui_server):
     pg.get_by_label("English").check()
     expect(pg.get_by_role("tab", name="Train")).to_be_visible(timeout=30_000)
     pg.close()
+
+
+def test_dpo_from_the_method_selector(browser, webui_server):
+    """Pick method dpo: the data check shows the demo pairs with both answers, training reports
+    the reward accuracy and margin on the Train tab. (A page of its own: the module's page is
+    closed by the close-the-tab test.)"""
+    url, _ = webui_server
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_selector("#model textarea")
+    tab(page, "Train")
+    train_settings(page, "dpo-run", 3)
+    text_in(page, "data-path", "")
+    pick(page, "set-method", "dpo")
+    page.locator("#check-data").click()
+    expect(page.locator("#data-stats textarea")).to_have_value(re.compile(r"preference pairs"), timeout=60_000)
+    expect(page.locator("#samples")).to_contain_text("sample 1 (chosen)")
+    expect(page.locator("#samples")).to_contain_text("sample 1 (rejected)")
+    page.locator("#start").click()
+    done = wait_state(page, {"finished", "failed"})
+    assert done["state"] == "finished", log_of(page)
+    expect(page.locator("#train-rewards")).to_contain_text(re.compile(r"train reward acc [0-9.]+, margin"))
+    expect(page.locator("#train-rewards")).to_contain_text("held-out reward acc")
+    pick(page, "set-method", "sft")
+    page.close()

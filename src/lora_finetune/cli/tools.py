@@ -247,21 +247,33 @@ def register(sub: Any) -> None:
 
 # --------------------------------------------------------------------------- data
 def format_data_report(rep: Any) -> str:
+    from ..choices import METHOD_KIND
+    from ..data import KIND_NAMES
+
+    methods = ", ".join(m for m, k in METHOD_KIND.items() if k == rep.kind)
     lines = [f"{rep.label}: {rep.records} records ({', '.join(f'{n} {f}' for f, n in rep.formats.items())})"]
+    lines.append(f"  {KIND_NAMES[rep.kind]}: train with method {methods}")
+    if rep.labels:
+        lines.append(f"  {rep.labels['desirable']} desirable, {rep.labels['undesirable']} undesirable answers")
     if rep.token_lengths:
         t = rep.token_lengths
+        learned = "tokens learned" if rep.kind == "text" else "answer tokens learned"
+        per = "document (BOS, text, EOS)" if rep.kind == "text" else f"sample (template {rep.template})"
         lines.append(
-            f"  tokens per sample (template {rep.template}): min {t['min']}, median {t['median']}, "
-            f"p95 {t['p95']}, max {t['max']}; {rep.answer_tokens:,} answer tokens learned, "
+            f"  tokens per {per}: min {t['min']}, median {t['median']}, "
+            f"p95 {t['p95']}, max {t['max']}; {rep.answer_tokens:,} {learned}, "
             f"{rep.prompt_tokens:,} prompt tokens masked"
         )
-    lines.append(
-        f"  {rep.too_long} would be dropped at max_length={rep.max_length}"
-        + (f" (raise max_length to {rep.token_lengths['max']} to keep all)" if rep.too_long else "")
-    )
+    if rep.kind == "text":
+        lines.append(f"  {rep.too_long} documents are longer than max_length={rep.max_length}: cut into pieces")
+    else:
+        lines.append(
+            f"  {rep.too_long} would be dropped at max_length={rep.max_length}"
+            + (f" (raise max_length to {rep.token_lengths['max']} to keep all)" if rep.too_long else "")
+        )
     lines.append(f"  {rep.duplicates} duplicates, {rep.multi_turn} multi-turn, {rep.no_answer} without answer tokens")
-    for i, segments in enumerate(rep.samples, start=1):
-        lines.append(f"  sample {i} (learned text in [[ ]]):")
+    for title, segments in zip(rep.sample_titles, rep.samples):
+        lines.append(f"  {title} (learned text in [[ ]]):")
         text = "".join(f"[[{t}]]" if learn else t for t, learn in segments)
         lines += ["    " + line for line in text.splitlines()]
     return "\n".join(lines)
@@ -271,8 +283,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from ..tools.datacheck import check_data, write_demo
 
     if args.write_demo:
-        path = write_demo(args.write_demo, overwrite=args.overwrite)
-        print(f"Wrote the 20 demo samples to {path}")
+        path = write_demo(args.write_demo, overwrite=args.overwrite, kind=args.kind)
+        print(f"Wrote the demo data ({args.kind}) to {path}")
         if not args.data_path:
             return 0
     if not args.data_path:
@@ -291,7 +303,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _register_data(sub: Any) -> None:
-    from ..choices import DATA_FORMATS, TEMPLATE_ALIASES, TEMPLATES
+    from ..choices import DATA_FORMATS, DATA_KINDS, TEMPLATE_ALIASES, TEMPLATES
 
     d = sub.add_parser(
         "data",
@@ -311,6 +323,14 @@ def _register_data(sub: Any) -> None:
     opt(d, "template", default="auto", choices=[*TEMPLATES, *TEMPLATE_ALIASES])
     opt(d, "max_length", type=int, default=768)
     opt(d, "show", type=int, default=2, help="how many rendered samples to show (default 2)")
-    opt(d, "write_demo", metavar="FILE", help="write the 20 demo samples to FILE (.jsonl or .json)")
+    opt(d, "write_demo", metavar="FILE", help="write demo data to FILE (.jsonl or .json)")
+    opt(
+        d,
+        "kind",
+        default="instruction",
+        choices=DATA_KINDS,
+        help="with --write-demo: instruction (the 20 samples, default), preference (30 Chinese pairs), "
+        "kto (those answers labelled) or text",
+    )
     bool_flag(d, "overwrite", help="replace an existing --write-demo file")
     d.set_defaults(func=cmd_data)

@@ -34,8 +34,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     figures += [f"final_train_loss {m['final_train_loss']:.4f}"] if m.get("final_train_loss") is not None else []
     figures += [f"train_loss (mean) {m['train_loss']:.4f}"] if m.get("train_loss") is not None else []
     if m.get("eval_loss") is not None:
-        figures += [f"eval_loss {m['eval_loss']:.4f}", f"eval_perplexity {m['eval_perplexity']:.2f}"]
-    figures += [f"real_tokens_per_second {m['real_tokens_per_second']}"]
+        figures += [f"eval_loss {m['eval_loss']:.4f}"]
+    if m.get("eval_perplexity") is not None:  # a language-modelling loss (sft, pt)
+        figures += [f"eval_perplexity {m['eval_perplexity']:.2f}"]
+    for split in ("train", "eval"):  # preference methods: reward accuracy and margin
+        pref = (m.get("preference") or {}).get(split) or {}
+        if pref.get("accuracies") is not None:
+            figures += [f"{split} reward accuracy {pref['accuracies']:.2f}, margin {pref.get('margins', 0):.3f}"]
+    if m.get("real_tokens_per_second") is not None:
+        figures += [f"real_tokens_per_second {m['real_tokens_per_second']}"]
     if m.get("adapter_step") not in (None, m["steps"]):
         figures += [f"adapter_step {m['adapter_step']} (the best checkpoint)"]
     print(f"\nDone (metrics.json): {', '.join(figures)}")

@@ -13,303 +13,39 @@ the record came from, so later errors can point at the file and line.
 
 Bad input raises `DataError` naming file, line or record, field and fix; nothing else escapes
 (the fuzz tests in tests/data/ hold us to that).
+
+Other kinds of data (raw text, preference pairs, KTO-labelled answers) are told apart from the
+fields and normalised in kinds.py; one file holds one kind, and `kinds=` says which a caller
+accepts (everything but training reads instructions only).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, problem_list
+from .kinds import KIND_NAMES, NORMALIZERS, detect_kind, prompt_completion_row, record_kind
 from .readers import read_rows
 from .sources import read_source
+from .turns import alpaca_record, detect_format, turns_record
 
 Record = dict[str, Any]
 
-ALPACA_FIELDS = ("instruction", "input", "output", "system", "history")
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "chatgpt": "assistant",
-    "bing": "assistant",
-    "bard": "assistant",
-    "observation": "tool",  # a tool's result (LLaMA-Factory, ChatGLM3)
-    "tool": "tool",
-    "function_call": "function_call",  # the assistant calling a tool: value is {"name", "arguments"}
-}
-MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "tool": "tool"}
 
-
-def detect_format(row: Any, where: str, path: Path | str) -> str:
-    if not isinstance(row, dict):
-        raise DataError(
-            f"{path}, {where}: expected an object with fields, found "
-            f"{type(row).__name__} {str(row)[:60]!r}. Each record must be a JSON "
-            'object such as {"instruction": ..., "output": ...}.'
-        )
-    if "messages" in row:
-        return "messages"
-    if "conversations" in row:
-        return "sharegpt"
-    if "instruction" in row or "output" in row:
-        return "alpaca"
-    keys = list(row)
-    guesses = []
-    for key in keys:
-        close = difflib.get_close_matches(
-            key, ["instruction", "output", "messages", "conversations", "input"], n=1, cutoff=0.6
-        )
-        if close:
-            guesses.append(f"`{key}` -> `{close[0]}`")
-    hint = f" Did you mean {', '.join(guesses)}?" if guesses else ""
-    raise DataError(
-        f"{path}, {where}: cannot tell the data format from the fields "
-        f"{', '.join(f'`{k}`' for k in keys) or '(none)'}. Use alpaca fields "
-        "(`instruction`, `input`, `output`), `messages` (role/content) or ShareGPT "
-        f"`conversations` (from/value).{hint}"
-    )
-
-
-def _gather(problems: list[str], fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call `fn`; on a DataError, note its message and go on (every problem of a record is
-    reported at once, not just the first)."""
-    try:
-        return fn(*args, **kwargs)
-    except DataError as e:
-        problems.append(str(e))
-        return None
-
-
-def _raise_all(problems: list[str]) -> None:
-    if len(problems) == 1:
-        raise DataError(problems[0])
-    if problems:
-        raise DataError("\n".join(problems))
-
-
-def _need_str(row: dict, key: str, where: str, path: Any, *, required: bool, allow_empty: bool = True) -> str:
-    if key not in row or row[key] is None:
-        if required:
-            close = difflib.get_close_matches(key, [str(k) for k in row], n=1, cutoff=0.5)
-            hint = f" The record has `{close[0]}`: rename it to `{key}`." if close else f" Add a `{key}` field."
-            raise DataError(f"{path}, {where}, field `{key}`: missing.{hint}")
-        return ""
-    val = row[key]
-    if isinstance(val, (int, float)) and not isinstance(val, bool):
-        val = str(val)  # CSV/parquet numbers ("7") are text to us
-    if not isinstance(val, str):
-        raise DataError(
-            f"{path}, {where}, field `{key}`: expected text, found "
-            f"{type(val).__name__} {str(val)[:60]!r}. Make it a string."
-        )
-    if not allow_empty and not val.strip():
-        raise DataError(
-            f"{path}, {where}, field `{key}`: empty. A sample needs a non-empty "
-            f"`{key}`; fill it in or delete the record."
-        )
-    return val
-
-
-def _alpaca(row: dict, where: str, path: Any, require_answer: bool) -> Record:
-    problems: list[str] = []
-    instruction = _gather(problems, _need_str, row, "instruction", where, path, required=True, allow_empty=False)
-    inp = _gather(problems, _need_str, row, "input", where, path, required=False)
-    output = _gather(
-        problems, _need_str, row, "output", where, path, required=require_answer, allow_empty=not require_answer
-    )
-    system = _gather(problems, _need_str, row, "system", where, path, required=False) or None
-    messages: list[dict[str, str]] = []
-    history = row.get("history") or []
-    if not isinstance(history, list):
-        problems.append(
-            f"{path}, {where}, field `history`: expected a list of [question, answer] "
-            f"pairs, found {type(history).__name__}."
-        )
-        history = []
-    for k, pair in enumerate(history):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            problems.append(
-                f"{path}, {where}, field `history`, item {k + 1}: expected a [question, answer] pair of strings."
-            )
-            continue
-        messages += [
-            {"role": "user", "content": pair[0], "input": ""},
-            {"role": "assistant", "content": pair[1], "input": ""},
-        ]
-    tools = _gather(problems, _tools, row.get("tools"), f"{path}, {where}")
-    _raise_all(problems)
-    messages.append({"role": "user", "content": instruction, "input": inp})
-    if output:
-        messages.append({"role": "assistant", "content": output, "input": ""})
-    record: Record = {"system": system, "messages": messages}
-    if tools:
-        record["tools"] = tools
-    return record
-
-
-def _turns(row: dict, where: str, path: Any, fmt: str, require_answer: bool) -> Record:
-    key, role_key, text_key, roles = (
-        ("messages", "role", "content", MESSAGE_ROLES)
-        if fmt == "messages"
-        else ("conversations", "from", "value", SHAREGPT_ROLES)
-    )
-    turns = row.get(key)
-    if not isinstance(turns, list) or not turns:
-        raise DataError(
-            f"{path}, {where}, field `{key}`: expected a non-empty list of "
-            f'{{"{role_key}": ..., "{text_key}": ...}} objects.'
-        )
-    problems: list[str] = []
-    system = _gather(problems, _need_str, row, "system", where, path, required=False) or None
-    messages: list[dict[str, str]] = []
-    for k, turn in enumerate(turns):
-        try:
-            system = _turn(turn, k, where, path, key, role_key, text_key, roles, messages, system)
-        except DataError as e:
-            problems.append(str(e))
-    tools = _gather(problems, _tools, row.get("tools"), f"{path}, {where}")
-    _raise_all(problems)
-    if not messages:
-        raise DataError(f"{path}, {where}, field `{key}`: has no user turn.")
-    if require_answer and messages[-1]["role"] != "assistant":
-        raise DataError(
-            f"{path}, {where}, field `{key}`: the conversation has no assistant turn "
-            "after the last user turn, so there is nothing to learn. Add the "
-            "assistant's answer or delete the record."
-        )
-    record: Record = {"system": system, "messages": messages}
-    if tools:
-        record["tools"] = tools
-    return record
-
-
-def _turn(
-    turn: Any,
-    k: int,
-    where: str,
-    path: Any,
-    key: str,
-    role_key: str,
-    text_key: str,
-    roles: dict[str, str],
-    messages: list[dict[str, str]],
-    system: str | None,
-) -> str | None:
-    """Check one turn and append it to `messages`; returns the system prompt (a leading system
-    turn sets it)."""
-    at = f"{where}, field `{key}`, turn {k + 1}"
-    if not isinstance(turn, dict):
-        raise DataError(
-            f"{path}, {at}: expected an object with `{role_key}` and `{text_key}`, found {type(turn).__name__}."
-        )
-    problems: list[str] = []
-    raw_role = _gather(problems, _need_str, turn, role_key, at, path, required=True, allow_empty=False)
-    role = roles.get(raw_role.strip().lower()) if raw_role is not None else None
-    if raw_role is not None and role is None:
-        problems.append(f"{path}, {at}: unknown {role_key} `{raw_role}`. Use one of {', '.join(sorted(set(roles)))}.")
-    calls = None
-    if role == "function_call":  # ShareGPT: the call is the turn's value, as JSON
-        role, calls = "assistant", _gather(problems, _sharegpt_call, turn.get(text_key), f"{path}, {at}")
-        content = ""
-    else:
-        if role == "assistant" and turn.get("tool_calls") is not None:
-            calls = _gather(problems, _tool_calls, turn["tool_calls"], f"{path}, {at}, field `tool_calls`")
-        empty_ok = role == "system" or (role == "assistant" and calls is not None)
-        content = _gather(problems, _need_str, turn, text_key, at, path, required=not empty_ok, allow_empty=empty_ok)
-    _raise_all(problems)
-    if role == "system":
-        if messages:
-            raise DataError(f"{path}, {at}: a system message may only come first.")
-        return content
-    previous = messages[-1] if messages else None
-    if previous is None or (previous["role"] == "assistant" and not previous.get("tool_calls")):
-        allowed = ("user",)
-    elif previous["role"] == "assistant":
-        allowed = ("tool",)  # a call is answered by its result
-    elif previous["role"] == "tool":
-        allowed = ("tool", "assistant")
-    else:
-        allowed = ("assistant",)
-    if role not in allowed:
-        raise DataError(
-            f"{path}, {at}: expected a `{' or '.join(allowed)}` turn here but found `{role}`. Turns alternate "
-            "user, assistant, user, ...; an assistant turn that calls tools is followed by their results "
-            "(`tool` / `observation` turns), then by the assistant again."
-        )
-    message: dict[str, Any] = {"role": role, "content": content or "", "input": ""}
-    if calls is not None:
-        message["tool_calls"] = calls
-    if role == "tool" and isinstance(turn.get("name"), str):
-        message["name"] = turn["name"]
-    messages.append(message)
-    return system
-
-
-def _function(call: Any, where: str) -> dict[str, Any]:
-    if isinstance(call, dict) and isinstance(call.get("function"), dict):
-        call = call["function"]
-    if not (isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"]):
-        raise DataError(
-            f'{where}: a tool call needs a `name` (and `arguments`), like {{"name": "f", "arguments": {{}}}}.'
-        )
-    args = call.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: the `arguments` of {call['name']} are not valid JSON ({e.msg}).") from None
-    if not isinstance(args, dict):
-        raise DataError(f"{where}: the `arguments` of {call['name']} must be an object of named arguments.")
-    return {"type": "function", "function": {"name": call["name"], "arguments": args}}
-
-
-def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
-    calls = value if isinstance(value, list) else [value]
-    if not calls:
-        raise DataError(f"{where}: an empty list of tool calls; drop the field or add the call.")
-    return [_function(c, where) for c in calls]
-
-
-def _sharegpt_call(value: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f'{where}: a function_call turn\'s value must be JSON {{"name", "arguments"}} ({e.msg}).'
-            ) from None
-    return _tool_calls(value, where)
-
-
-def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
-    """A record's `tools` (a list, or its JSON text as LLaMA-Factory stores it) in OpenAI's form."""
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}, field `tools`: not valid JSON ({e.msg}).") from None
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise DataError(f"{where}, field `tools`: expected a list of tool (function) descriptions.")
-    out = []
-    for tool in value:
-        fn = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise DataError(f"{where}, field `tools`: every tool needs a `name` (and `parameters`).")
-        out.append({"type": "function", "function": fn})
-    return out
+INSTRUCTIONS = ("instruction",)
 
 
 def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto", require_answer: bool = True) -> Record:
     """One raw row -> the normalised record (see the module docstring)."""
+    if isinstance(row, dict):
+        kind = detect_kind(row)
+        if kind != "instruction":
+            rec = NORMALIZERS[kind](row, where, path)
+            rec["source"] = f"{Path(str(path)).name}:{where}"
+            return rec
+        if "prompt" in row and "completion" in row:
+            row = prompt_completion_row(row)
     detected = detect_format(row, where, path)
     if fmt not in ("auto", detected):
         raise DataError(
@@ -318,15 +54,22 @@ def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto",
             f"{detected} or auto."
         )
     if detected == "alpaca":
-        rec = _alpaca(row, where, path, require_answer)
+        rec = alpaca_record(row, where, path, require_answer)
     else:
-        rec = _turns(row, where, path, detected, require_answer)
+        rec = turns_record(row, where, path, detected, require_answer)
     rec["source"] = f"{Path(str(path)).name}:{where}"
     return rec
 
 
-def normalize_rows(rows: list[tuple[str, Any]], path: Path | str, fmt: str, require_answer: bool) -> list[Record]:
-    """Every row normalised, or one DataError listing every bad record (the first 20 in full)."""
+def normalize_rows(
+    rows: list[tuple[str, Any]],
+    path: Path | str,
+    fmt: str,
+    require_answer: bool,
+    kinds: tuple[str, ...] = INSTRUCTIONS,
+) -> list[Record]:
+    """Every row normalised, or one DataError listing every bad record (the first 20 in full).
+    The records must be of one kind, one of `kinds`."""
     records: list[Record] = []
     bad: list[str] = []
     bad_records = 0
@@ -343,27 +86,55 @@ def normalize_rows(rows: list[tuple[str, Any]], path: Path | str, fmt: str, requ
             f"{path}: {bad_records} of {len(rows)} records cannot be used ({len(bad)} problems). "
             f"Fix or delete them:\n{problem_list(bad)}"
         )
+    check_kind(records, path, kinds)
     return records
 
 
-def load_records(path: Path | str, fmt: str = "auto", require_answer: bool = True) -> list[Record]:
+def check_kind(records: list[Record], path: Path | str, kinds: tuple[str, ...]) -> None:
+    """One kind per file, and one the caller reads."""
+    by_kind: dict[str, list[str]] = {}
+    for rec in records:
+        by_kind.setdefault(record_kind(rec), []).append(str(rec.get("source", "?")).rsplit(":", 1)[-1])
+    if len(by_kind) > 1:
+        parts = [
+            f"{len(w)} {KIND_NAMES[k]} ({', '.join(w[:3])}{', ...' if len(w) > 3 else ''})" for k, w in by_kind.items()
+        ]
+        raise DataError(
+            f"{path}: holds records of {len(by_kind)} kinds: {'; '.join(parts)}. A dataset trains one kind; "
+            "split the file."
+        )
+    kind = next(iter(by_kind), "instruction")
+    if kind not in kinds:
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+        raise DataError(f"{path}: holds {KIND_NAMES[kind]}, but {wanted} are read here.")
+
+
+def load_records(
+    path: Path | str, fmt: str = "auto", require_answer: bool = True, kinds: tuple[str, ...] = INSTRUCTIONS
+) -> list[Record]:
     """Read a data file into normalised records; a DataError lists every bad record at once."""
     rows = read_rows(path, require_answer)
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add samples, one per line (JSONL) or as a JSON list.")
-    return normalize_rows(rows, path, fmt, require_answer)
+    return normalize_rows(rows, path, fmt, require_answer, kinds)
 
 
-def load_source(path: Path | str, fmt: str = "auto", dataset: str | None = None) -> tuple[list[Record], str]:
+def load_source(
+    path: Path | str, fmt: str = "auto", dataset: str | None = None, kinds: tuple[str, ...] = INSTRUCTIONS
+) -> tuple[list[Record], str]:
     """Training records from any source (a file, a `datasets` folder, a hub dataset, a dataset
     in LLaMA-Factory's dataset_info.json: sources.py) and the sha256 identifying the data."""
     source = read_source(path, dataset)
     if not source.rows:
         raise DataError(f"{source.label}: holds no records. Add samples, one per line (JSONL) or as a JSON list.")
-    return normalize_rows(source.rows, source.label, fmt, True), source.sha256
+    return normalize_rows(source.rows, source.label, fmt, True, kinds), source.sha256
 
 
 def records_from_rows(
-    rows: list[dict], fmt: str = "auto", source: str = "<memory>", require_answer: bool = True
+    rows: list[dict],
+    fmt: str = "auto",
+    source: str = "<memory>",
+    require_answer: bool = True,
+    kinds: tuple[str, ...] = INSTRUCTIONS,
 ) -> list[Record]:
-    return normalize_rows([(f"record {i + 1}", r) for i, r in enumerate(rows)], source, fmt, require_answer)
+    return normalize_rows([(f"record {i + 1}", r) for i, r in enumerate(rows)], source, fmt, require_answer, kinds)

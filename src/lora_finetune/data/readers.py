@@ -1,8 +1,10 @@
 """Reading data files into raw rows, each with where it came from.
 
-JSON, JSONL, CSV and Parquet. Every row comes with its place in the file (`line 3` for JSONL
-and CSV, `record 2` for a JSON list, `row 5` for Parquet) so that any later error about it can
-name the file and the line. Unreadable files raise `DataError` with the fix.
+JSON, JSONL, CSV, Parquet, and plain text (.txt: each non-empty line is one document,
+`{"text": line}`, for continued pretraining, as LLaMA-Factory reads its .txt datasets). Every row
+comes with its place in the file (`line 3` for JSONL, CSV and text, `record 2` for a JSON list,
+`row 5` for Parquet) so that any later error about it can name the file and the line.
+Unreadable files raise `DataError` with the fix.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from ..errors import DataError, problem_list
 
-SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 _TOO_DEEP = (
     "JSON nested too deeply to read (thousands of levels of [ or {). A record is a flat object "
     "of text fields, or a list of messages; check how the file was generated"
@@ -76,7 +78,7 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})." + hint) from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
-        is_record = any(k in data for k in ("instruction", "output", "messages", "conversations"))
+        is_record = any(k in data for k in RECORD_FIELDS)
         if len(lists) == 1 and not is_record:  # {"data": [...]} and similar wrappers
             data = data[lists[0]]
         else:  # one record on its own
@@ -90,13 +92,25 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         yield f"record {i + 1}", row
 
 
+RECORD_FIELDS = ("instruction", "output", "messages", "conversations", "prompt", "completion", "chosen", "text")
+"""Fields that make a JSON object a record rather than a wrapper such as {"data": [...]}."""
+CSV_KINDS = (
+    ("instruction", "chosen", "rejected"),
+    ("prompt", "chosen", "rejected"),
+    ("prompt", "completion"),
+    ("text",),
+)
+"""CSV headers of the other data kinds (preference pairs, TRL prompt-completion, raw text)."""
+
+
 def _read_csv(path: Path, text: str, require_answer: bool = True) -> Iterator[tuple[str, Any]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     if not header:
         return
     required = ("instruction", "output") if require_answer else ("instruction",)
-    if any(col not in header for col in required):
+    other_kind = any(all(col in header for col in cols) for cols in CSV_KINDS)
+    if not other_kind and any(col not in header for col in required):
         known = ", ".join(f"`{h}`" for h in header)
         fixes = []
         for want in required:
@@ -120,6 +134,12 @@ def _read_csv(path: Path, text: str, require_answer: bool = True) -> Iterator[tu
                 yield f"line {reader.line_num}", {k: v for k, v in row.items() if v is not None}
     except csv.Error as e:
         raise DataError(f"{path}, line {reader.line_num}: broken CSV ({e}). Check the quoting.") from None
+
+
+def _read_txt(text: str) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield f"line {lineno}", {"text": line.rstrip("\r")}
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
@@ -147,7 +167,7 @@ def read_rows(path: Path | str, require_answer: bool = True) -> list[tuple[str, 
             f"relative to the directory you run the command from: {Path.cwd()})."
         )
     if path.is_dir():
-        raise DataError(f"data_path {path} is a folder; point it at one .json, .jsonl, .csv or .parquet file.")
+        raise DataError(f"data_path {path} is a folder; point it at one .json, .jsonl, .csv, .parquet or .txt file.")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type `{suffix or '(none)'}`. Use one of {', '.join(SUFFIXES)}.")
@@ -158,6 +178,8 @@ def read_rows(path: Path | str, require_answer: bool = True) -> list[tuple[str, 
         return list(_read_jsonl(path, text))
     if suffix == ".csv":
         return list(_read_csv(path, text, require_answer))
+    if suffix == ".txt":
+        return list(_read_txt(text))
     # A .json file that is really JSON Lines is common: accept it when every line parses.
     stripped = text.lstrip()
     if stripped.startswith("{") and "\n" in stripped.strip():

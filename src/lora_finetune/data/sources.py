@@ -10,7 +10,10 @@ formats.py, and a sha256 that identifies the data for the run record (and for `-
   cache when offline;
 - `dataset: NAME` with `data_path` the folder holding `dataset_info.json` (LLaMA-Factory's
   `dataset_dir`) or that file: the entry's `file_name`, `formatting` (alpaca or sharegpt),
-  `columns` and `tags` are applied, so LLaMA-Factory datasets train as they are.
+  `columns` and `tags` are applied, so LLaMA-Factory datasets train as they are: instruction
+  entries, preference entries (`ranking: true`, with `chosen`/`rejected` columns), KTO entries
+  (a `kto_tag` column, read as `label`) and pretraining entries (only a `prompt` column, the
+  text: `{"text": ...}` rows).
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ _ALPACA_COLUMNS = {
     "history": "history",
     "system": "system",
     "tools": "tools",
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "kto_tag": "label",
 }
 _SHAREGPT_ROLES = ("user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
 _SHAREGPT_DEFAULT_TAGS = {
@@ -173,6 +179,16 @@ def _apply_sharegpt(row: dict[str, Any], columns: dict[str, str], tags: dict[str
         out["system"] = row[columns["system"]]
     if columns.get("tools") in row:
         out["tools"] = row[columns["tools"]]
+    for answer in ("chosen", "rejected"):  # preference entries: one message each, in the entry's tags
+        if columns.get(answer) in row:
+            m = row[columns[answer]]
+            out[answer] = (
+                {"from": roles.get(m.get(role_tag), m.get(role_tag)), "value": m.get(content_tag)}
+                if isinstance(m, dict)
+                else m
+            )
+    if columns.get("kto_tag") in row:
+        out["label"] = row[columns["kto_tag"]]
     return out
 
 
@@ -198,7 +214,11 @@ def _llama_factory(data_path: Path, name: str) -> Source:
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise DataError(f"{info_path}, dataset `{name}`: formatting `{formatting}`; use alpaca or sharegpt.")
-    if formatting == "alpaca":
+    given = entry.get("columns", {})
+    if formatting == "alpaca" and set(given) == {"prompt"}:
+        # A pretraining entry (LLaMA-Factory's c4_demo, wiki_demo): its prompt column is the text.
+        mapped = [(where, {"text": r.get(given["prompt"])} if isinstance(r, dict) else r) for where, r in rows]
+    elif formatting == "alpaca":
         columns = {
             **{k: v for k, v in zip(_ALPACA_COLUMNS, ("instruction", "input", "output"))},
             **entry.get("columns", {}),

@@ -24,10 +24,19 @@ if TYPE_CHECKING:
 
 
 def attach_lora(model: PreTrainedModel, cfg: LoRAFinetuneConfig, targets: list[str]) -> PeftModel:
-    """Wrap the target layers with LoRA; only the LoRA weights stay trainable.
+    """Wrap the target layers with LoRA; only the LoRA weights stay trainable. With
+    `init_adapter`, the LoRA weights start as that adapter's (trainable).
 
     Returns peft's PeftModel, or (`lora_backend: reference`) the model itself with the
     reference LoRALinear layers injected."""
+    if cfg.init_adapter is not None:
+        peft_model = attach_adapter(model, cfg.init_adapter, trainable=True)
+        # The adapter names its base portably (a hub id); saving checks that base's config for
+        # resized embeddings, which for a hub id is a network lookup. The local base is the same.
+        for peft_cfg in peft_model.peft_config.values():
+            peft_cfg.base_model_name_or_path = getattr(model, "name_or_path", peft_cfg.base_model_name_or_path)
+        use_cheap_cpu_dropout(peft_model)
+        return peft_model
     if cfg.lora_backend == "reference":
         from .lora import inject_lora
 
@@ -92,9 +101,11 @@ def attach_adapter(
     *,
     trained_on: str | None = None,
     given: str | None = None,
+    trainable: bool = False,
 ) -> PeftModel:
-    """peft's PeftModel around `model` with the adapter's weights (inference mode). Given a
-    PeftModel, the adapter is added to it under `adapter_name` (several adapters, one base).
+    """peft's PeftModel around `model` with the adapter's weights (inference mode, or
+    `trainable` for a run that continues it). Given a PeftModel, the adapter is added to it under
+    `adapter_name` (several adapters, one base).
 
     The weights are checked (readable, finite) first; `trained_on` / `given` name the bases for
     the message when the adapter's shapes do not fit."""
@@ -106,9 +117,9 @@ def attach_adapter(
             # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             if isinstance(model, PeftModel):
-                model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+                model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
                 return model
-            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise

@@ -42,14 +42,15 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     return keep, _LEVELS / (_LEVELS - dropped_levels)
 
 
-class CheapDropout(nn.Module):
-    """nn.Dropout with the cheap CPU mask above (see the module docstring)."""
+class CheapDropout(nn.Dropout):
+    """nn.Dropout with the cheap CPU mask above (see the module docstring). A subclass, so code
+    that turns dropout off by setting `p = 0` on every nn.Dropout (TRL's preference trainers:
+    the policy and its reference must score alike) turns this one off too."""
 
     def __init__(self, p: float) -> None:
-        super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
-        self.p = p
+        super().__init__(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu" or round(self.p * _LEVELS) == 0:

@@ -10,17 +10,21 @@
            stored in the run record, and later commands use that.
 
 base.py holds the `Template` protocol, registry.py maps names to templates, encode.py turns
-segments into ids and labels.
+segments into ids and labels; pairs.py encodes preference pairs and KTO answers with the same
+templates, text.py raw documents for continued pretraining.
 """
 
 from __future__ import annotations
 
 from .base import IGNORE_INDEX, Segment, Template, user_text
+from .by_kind import encode_kind, row_length
 from .chat import ChatTemplate
 from .chatglm import ChatGLMV1Template
 from .encode import Encoded, EncodeStats, bos_prefix, encode_prompt, encode_records, encode_segments, tokenize
+from .pairs import encode_answer, encode_labelled, encode_pairs
 from .qa import QATemplate, format_sample, qa_prompt
 from .registry import TEMPLATE_NAMES, get_template, resolve_template_name
+from .text import encode_documents
 
 __all__ = [
     "IGNORE_INDEX",
@@ -33,6 +37,11 @@ __all__ = [
     "Segment",
     "Template",
     "bos_prefix",
+    "encode_answer",
+    "encode_documents",
+    "encode_kind",
+    "encode_labelled",
+    "encode_pairs",
     "encode_prompt",
     "encode_records",
     "encode_segments",
@@ -40,6 +49,7 @@ __all__ = [
     "get_template",
     "qa_prompt",
     "resolve_template_name",
+    "row_length",
     "tokenize",
     "user_text",
 ]

@@ -28,16 +28,18 @@ class Encoded:
     labels: list[int]
 
 
-def bos_prefix(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
-    """Tokens the tokenizer puts before any text (BOS, ChatGLM's [gMASK]sop) for templates that
-    build plain text; chat templates write their own."""
-    if template.renders_special_tokens:
-        return []
+def tokenizer_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """What the tokenizer puts before any text (BOS, ChatGLM's [gMASK]sop), if anything."""
     with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     if with_special[-len(plain) :] == plain:
         return list(with_special[: len(with_special) - len(plain)])
     return []
+
+
+def bos_prefix(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+    """The tokenizer's prefix for templates that build plain text; chat templates write their own."""
+    return [] if template.renders_special_tokens else tokenizer_prefix(tokenizer)
 
 
 def encode_segments(segments: list[Segment], tokenizer: PreTrainedTokenizerBase, prefix: list[int]) -> Encoded:
@@ -134,4 +136,13 @@ def tokenize(
     return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
 
 
-__all__ = ["EncodeStats", "Encoded", "bos_prefix", "encode_prompt", "encode_records", "encode_segments", "tokenize"]
+__all__ = [
+    "EncodeStats",
+    "Encoded",
+    "bos_prefix",
+    "encode_prompt",
+    "encode_records",
+    "encode_segments",
+    "tokenize",
+    "tokenizer_prefix",
+]

@@ -190,6 +190,9 @@ class Setup:
     """`cuda` (autocast, fused dropout masks) or `cpu` (fp32 compute; RSS)."""
     liger: bool = False
     """Fused linear + cross-entropy: no full logits."""
+    fused_logits: bool = False
+    """Log-probabilities computed in chunks without full logits (TRL's fused LM head: DPO, KTO),
+    counted as liger's fused cross-entropy is."""
     attention: str = "sdpa"
     """`sdpa` (flash / memory-efficient kernels: memory linear in length) or `eager`."""
 
@@ -391,7 +394,7 @@ def estimate_memory(shape: ModelShape, setup: Setup) -> Estimate:
             "logits count every position; training builds them only where the next "
             "token is learned (label_logits_only), so they shrink by the prompt's share"
         )
-    if setup.liger:
+    if setup.liger or setup.fused_logits:
         # Fused linear + cross-entropy: logits exist one chunk at a time (chunk rows * vocab ~
         # tokens * hidden) next to the gradient of the hidden states.
         logits = min(logits, tokens * shape.hidden_size * (2 * b + 8))

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ..data.collate import IGNORE_INDEX, PadCollator
+from ..templates import row_length
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -222,9 +223,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=generator))
 
 
-def with_lengths(rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
+def with_lengths(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a `length` entry, so the length-grouped sampler need not measure every sample."""
-    return [{**r, LENGTH_COLUMN: len(r["input_ids"])} for r in rows]
+    return [{**r, LENGTH_COLUMN: row_length(r)} for r in rows]
 
 
 def padding_stats(

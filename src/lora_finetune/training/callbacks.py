@@ -190,6 +190,7 @@ class ProgressLog(TrainerCallback):
 
     step 20/60  loss 0.4121  lr 8.0e-04  grad 1.32  |  1.9 s/step, 52 tokens/s, ~1m16s left
     step 20/60  eval loss 3.2104
+    step 20/60  loss 0.5012  lr 5.0e-05  grad 2.1  reward acc 0.75  margin 0.412  |  ...   (preference methods)
     """
 
     def __init__(self) -> None:
@@ -215,22 +216,34 @@ class ProgressLog(TrainerCallback):
                 pace = f"  |  {elapsed / done:.2f} s/step, ~{_duration(left)} left"
             grad = logs.get("grad_norm")
             log.info(
-                "step %d/%d  loss %.4f  lr %.1e%s%s",
+                "step %d/%d  loss %.4f  lr %.1e%s%s%s",
                 state.global_step,
                 total,
                 logs["loss"],
                 logs.get("learning_rate", 0.0),
                 f"  grad {grad:.3g}" if isinstance(grad, (int, float)) else "",
+                _rewards(logs, ""),
                 pace,
             )
         if "eval_loss" in logs:
             if self._ended:
-                log.info("eval loss of the adapter kept: %.4f", logs["eval_loss"])
+                log.info("eval loss of the adapter kept: %.4f%s", logs["eval_loss"], _rewards(logs, "eval_"))
             else:
-                log.info("step %d/%d  eval loss %.4f", state.global_step, total, logs["eval_loss"])
+                log.info(
+                    "step %d/%d  eval loss %.4f%s", state.global_step, total, logs["eval_loss"], _rewards(logs, "eval_")
+                )
 
     def on_train_end(self, args, state, control, **kw):
         self._ended = True  # the evaluation after this one is of the adapter that is saved
+
+
+def _rewards(logs: dict[str, Any], prefix: str) -> str:
+    """Preference methods: reward accuracy and margin (TRL's `rewards/accuracies`, `rewards/margins`)."""
+    acc, margin = logs.get(f"{prefix}rewards/accuracies"), logs.get(f"{prefix}rewards/margins")
+    if not isinstance(acc, (int, float)) and not isinstance(margin, (int, float)):
+        return ""
+    out = f"  reward acc {acc:.2f}" if isinstance(acc, (int, float)) else ""
+    return out + (f"  margin {margin:.3f}" if isinstance(margin, (int, float)) else "")
 
 
 def _duration(seconds: float) -> str:

@@ -1,7 +1,14 @@
-"""The run's data: records -> template -> (input_ids, labels), split into train and eval.
+"""The run's data: records -> template -> token ids, split into train and eval.
+
+The data must be the kind the method trains on (choices.METHOD_KIND): instructions for `sft`,
+raw text for `pt`, preference pairs for `dpo`/`orpo`/`simpo`, labelled answers for `kto`; any
+other kind is refused with both names, never read as something it is not (a KTO file read as
+SFT would train on its undesirable answers too). Each kind has its encoder (templates/): SFT's
+(input_ids, labels), documents for pretraining, TRL's prompt/answer ids for the others.
 
 The template is resolved here, once per run (`auto` -> the family's choice, `chat` or `qa`);
-the name goes into the run record so later commands use the same one.
+the name goes into the run record so later commands use the same one (a pretraining run records
+it too: chat and serve format prompts with it).
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..choices import DATA_KINDS, METHOD_KIND
 from ..config import LoRAFinetuneConfig
-from ..data import dummy_rows, load_source, records_from_rows
+from ..data import KIND_NAMES, demo_rows, load_source, record_kind, records_from_rows
 from ..errors import ConfigError, DataError
 from ..models.families import template_for, template_name_for
-from ..templates import EncodeStats, encode_records
+from ..templates import EncodeStats, encode_kind
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -48,24 +56,45 @@ def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list,
     return ([records[i] for i in order if i not in held], [records[i] for i in order[:n_eval]])
 
 
+def methods_for(kind: str) -> str:
+    return " or ".join(m for m, k in METHOD_KIND.items() if k == kind)
+
+
+def check_method_kind(records: list, method: str, where: str) -> None:
+    """The data is the kind `method` trains on, or one message naming both."""
+    found, wanted = record_kind(records[0]), METHOD_KIND[method]
+    if found != wanted:
+        raise DataError(
+            f"{where} holds {KIND_NAMES[found]}, but method {method} trains on {KIND_NAMES[wanted]}. "
+            f"Use method: {methods_for(found)} for this data, or give {method} a dataset of {KIND_NAMES[wanted]}."
+        )
+
+
+def load_method_records(cfg: LoRAFinetuneConfig) -> tuple[list, str | None, str]:
+    """The run's records (the method's demo data without a data_path), their sha256 and a label."""
+    kind = METHOD_KIND[cfg.method]
+    if cfg.data_path is None:
+        return records_from_rows(demo_rows(kind), source="the demo data", kinds=(kind,)), None, "the demo data"
+    records, sha = load_source(cfg.data_path, cfg.data_format, cfg.dataset, kinds=DATA_KINDS)
+    where = f"{cfg.dataset} in {cfg.data_path}" if cfg.dataset else str(cfg.data_path)
+    check_method_kind(records, cfg.method, where)
+    return records, sha, where
+
+
 def prepare_data(
     cfg: LoRAFinetuneConfig, tokenizer: PreTrainedTokenizerBase, model_type: str | None = None
 ) -> PreparedData:
-    if cfg.data_path is None:
-        records = records_from_rows(dummy_rows(), source="build_dummy_dataset()")
-        sha = None
-    else:
-        records, sha = load_source(cfg.data_path, cfg.data_format, cfg.dataset)
+    records, sha, where = load_method_records(cfg)
+    kind = METHOD_KIND[cfg.method]
     template_name = template_name_for(cfg.template, tokenizer, model_type)
     template = template_for(template_name, tokenizer, model_type, cfg.system_prompt)
     train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
-    train_enc, stats = encode_records(train_recs, tokenizer, template, cfg.max_length)
-    eval_enc, eval_stats = encode_records(eval_recs, tokenizer, template, cfg.max_length)
+    train_rows, stats = encode_kind(kind, train_recs, tokenizer, template, cfg.max_length)
+    eval_rows, eval_stats = encode_kind(kind, eval_recs, tokenizer, template, cfg.max_length)
     for k in ("total", "kept", "too_long", "no_answer_tokens", "prompt_tokens", "answer_tokens"):
         setattr(stats, k, getattr(stats, k) + getattr(eval_stats, k))
     stats.longest = max(stats.longest, eval_stats.longest)
-    where = (f"{cfg.dataset} in {cfg.data_path}" if cfg.dataset else cfg.data_path) or "the demo data"
-    if not train_enc:
+    if not train_rows:
         if stats.too_long:
             raise DataError(
                 f"{where}: every training sample is longer than max_length="
@@ -77,9 +106,8 @@ def prepare_data(
             f"{where}: no usable training samples remain after encoding "
             f"({stats.summary(cfg.max_length)}). Check that answers are not empty."
         )
-    log.info("data: %s (template %s)", stats.summary(cfg.max_length), template_name)
-    as_rows = lambda encs: [{"input_ids": e.input_ids, "labels": e.labels} for e in encs]  # noqa
-    return PreparedData(as_rows(train_enc), as_rows(eval_enc), template_name, stats, sha)
+    log.info("data: %s (%s, template %s)", stats.summary(cfg.max_length), KIND_NAMES[kind], template_name)
+    return PreparedData(train_rows, eval_rows, template_name, stats, sha)
 
 
 __all__ = ["PreparedData", "prepare_data", "split_records"]

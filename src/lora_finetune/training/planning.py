@@ -37,6 +37,7 @@ from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
 from .kernels import liger_usable
+from .stages import get_stage
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def _layouts(cfg: LoRAFinetuneConfig, liger: bool = False) -> list[dict[str, Any
         out.append(dict(fused))
     if not cfg.gradient_checkpointing:
         out.append({"gradient_checkpointing": True, **fused})
-    for bs in range(cfg.batch_size - 1, 0, -1):
+    smallest = 2 if cfg.method == "kto" else 1  # KTO's KL term pairs answers within a batch
+    for bs in range(cfg.batch_size - 1, smallest - 1, -1):
         if cfg.batch_size % bs == 0:
             out.append(
                 {
@@ -175,6 +177,7 @@ def plan_memory(
     factor = rss_factor(on_gpu)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     tokens = max(1, min(longest, cfg.max_length))
+    stage = get_stage(cfg.method)  # a preference pair puts two sequences through the model per sample
 
     def estimate(layout: dict[str, Any]) -> float:
         setup = Setup(
@@ -182,12 +185,13 @@ def plan_memory(
             dtype=dtype_name,
             r=cfg.r,
             target_modules=targets,
-            batch_size=layout.get("batch_size", cfg.batch_size),
+            batch_size=layout.get("batch_size", cfg.batch_size) * stage.sequences_per_sample,
             max_length=tokens,
             gradient_checkpointing=layout.get("gradient_checkpointing", cfg.gradient_checkpointing),
             dropout=cfg.dropout,
             device="cuda" if on_gpu else "cpu",
             liger=layout.get("use_liger", cfg.use_liger) == "true",
+            fused_logits=stage.fused_logits,
         )
         est = estimate_memory(shape, setup)
         # On a CPU under glibc's malloc a step keeps more resident than it uses (allocator.py).
@@ -205,7 +209,8 @@ def plan_memory(
     raise ConfigError(
         f"The run does not fit memory_budget {cfg.memory_budget} ({budget / GiB:.1f} GiB"
         + (f", {where}" if str(cfg.memory_budget).strip().lower() == "auto" else "")
-        + f"): even batch_size 1 with gradient checkpointing is estimated at {smallest / GiB:.1f} GiB "
+        + f"): even batch_size {layouts[-1].get('batch_size', cfg.batch_size)} with gradient checkpointing is "
+        f"estimated at {smallest / GiB:.1f} GiB "
         f"(samples up to {tokens} tokens). Use quantization: 4bit, a lower max_length, a smaller r or "
         "model, free some memory, or memory_budget: none to try anyway."
     )

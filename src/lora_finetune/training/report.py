@@ -1,4 +1,10 @@
-"""What a finished run reports: metrics.json and loss_curve.png."""
+"""What a finished run reports: metrics.json and loss_curve.png.
+
+Preference methods (dpo, orpo, simpo, kto) report what their users look at besides the loss:
+TRL's rewards of the chosen and rejected answers, the reward accuracy (the share of pairs whose
+chosen answer gets the higher reward) and the margin between them, for training and the held-out
+pairs; the plot gets a second panel with the accuracy and the margin.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     rates = [(h["step"], h["learning_rate"]) for h in log_history if "learning_rate" in h]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    preference = any(k in h for h in log_history for k in PREFERENCE_KEYS)
+    fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(11 if preference else 6, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train loss", marker=".")
     if evals:
@@ -40,9 +48,49 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | 
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         handles, labels = handles + [line], labels + ["learning rate"]
     ax.legend(handles, labels, fontsize=8)
+    if preference:
+        _plot_rewards(axes[0][1], log_history, kept_step)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+"""TRL's preference metrics (train; `eval_` + these for the held-out pairs)."""
+
+
+def _plot_rewards(ax: Any, log_history: list[dict[str, Any]], kept_step: int | None) -> None:
+    """Reward accuracy (left axis) and margin (right axis), train and held-out."""
+    for key, style, label in (("rewards/accuracies", ".-", "train"), ("eval_rewards/accuracies", "o-", "held-out")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, label=f"{label} reward accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward accuracy (chosen > rejected)")
+    ax.set_title("Preference")
+    ax.grid(alpha=0.3)
+    margin_ax = ax.twinx()
+    for key, style, label in (("rewards/margins", ":", "train"), ("eval_rewards/margins", "--", "held-out")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            margin_ax.plot(*zip(*points), style, color="tab:purple", label=f"{label} margin")
+    margin_ax.set_ylabel("reward margin")
+    if kept_step is not None:
+        ax.axvline(kept_step, color="tab:green", linestyle="--")
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = margin_ax.get_legend_handles_labels()
+    ax.legend(handles + more, labels + more_labels, fontsize=8)
+
+
+def preference_metrics(history: list[dict[str, Any]], eval_metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The last logged train values of TRL's reward metrics and the final held-out ones."""
+    train = {k: next((h[k] for h in reversed(history) if k in h), None) for k in PREFERENCE_KEYS}
+    held = {k: eval_metrics.get(f"eval_{k}") for k in PREFERENCE_KEYS}
+    if all(v is None for v in (*train.values(), *held.values())):
+        return None
+    short = lambda d: {k.split("/")[1]: v for k, v in d.items() if v is not None}  # noqa: E731
+    return {"train": short(train), "eval": short(held)}
 
 
 def kept_step(trainer: Any) -> int:
@@ -60,7 +108,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("lora-finetune", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
+    for pkg in ("lora-finetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -93,23 +141,30 @@ def collect_metrics(
     total: int,
     tokens_before: int = 0,
     memory: dict[str, Any] | None = None,
+    method: str = "sft",
 ) -> dict[str, Any]:
     history = trainer.state.log_history
-    # tokens this process trained on (a resumed run's count starts at the checkpoint's)
-    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before
+    # tokens this process trained on (a resumed run's count starts at the checkpoint's); None where
+    # the trainer's batches have no `input_ids` to count (TRL's ORPO and CPO)
+    counted = trainer.args.include_num_input_tokens_seen not in ("no", False, None)
+    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) - tokens_before if counted else None
     eval_loss = eval_metrics.get("eval_loss")
     train_losses = [h["loss"] for h in history if "loss" in h]
+    preference = preference_metrics(history, eval_metrics)
     return {
+        "method": method,
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "eval_loss": eval_loss,
-        "eval_perplexity": _perplexity(eval_loss),
+        # the perplexity of a language-modelling loss; a preference loss has none
+        "eval_perplexity": _perplexity(eval_loss) if method in ("sft", "pt") else None,
+        **({"preference": preference} if preference else {}),
         "train_runtime_s": round(runtime, 3),
         "steps": trainer.state.global_step,
         "adapter_step": kept_step(trainer),
         "best_metric": getattr(trainer.state, "best_metric", None) if trainer.args.load_best_model_at_end else None,
         "real_tokens_seen": tokens_seen,
-        "real_tokens_per_second": round(tokens_seen / runtime, 2) if runtime > 0 else None,
+        "real_tokens_per_second": round(tokens_seen / runtime, 2) if runtime > 0 and tokens_seen is not None else None,
         "trainable_params": trainable,
         "total_params": total,
         "samples": {"train": len(data.train), "eval": len(data.eval), "dropped_too_long": data.stats.too_long},
@@ -119,4 +174,12 @@ def collect_metrics(
     }
 
 
-__all__ = ["collect_metrics", "kept_step", "plot_losses", "tokens_seen_at", "versions"]
+__all__ = [
+    "PREFERENCE_KEYS",
+    "collect_metrics",
+    "kept_step",
+    "plot_losses",
+    "preference_metrics",
+    "tokens_seen_at",
+    "versions",
+]

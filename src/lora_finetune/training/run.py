@@ -49,23 +49,22 @@ from ..models import (
     resolve_target_modules,
 )
 from ..run_record import LOSS_PLOT, METRICS, RUN_CONFIG, Resolved, RunRecord
-from .batching import LENGTH_COLUMN, LengthGroupedSampler, make_collator, with_lengths  # throughput: batch layout
 from .callbacks import (
     RECIPE,
-    CheckpointMarker,
     HealthCallback,
     InterruptCallback,
     OverfitWarning,
-    ProgressLog,
     last_complete_checkpoint,
 )
-from .dataset import PreparedData, prepare_data
+from .continuation import continue_from
+from .dataset import prepare_data
 from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
+from .stages import get_stage
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+    from transformers import PreTrainedTokenizerBase, Trainer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,6 +110,10 @@ def save_adapter(trainer: Any, folder: Path, cfg: LoRAFinetuneConfig, base_path:
                 dropout=cfg.dropout,
             )
         return
+    # The trained adapter only: TRL keeps the reference as a frozen copy named "ref" (stages/).
+    model = trainer.model
+    for name in [n for n in getattr(model, "peft_config", {}) if n != "default"]:
+        model.delete_adapter(name)
     # Every rank joins: under ZeRO-3/FSDP saving gathers sharded weights (a collective); the
     # Trainer writes from rank 0 only.
     trainer.save_model(str(folder))
@@ -268,74 +271,6 @@ def check_trackers(report_to: list[str] | str) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def build_training_args(
-    cfg: LoRAFinetuneConfig, ckpt_dir: Path, has_eval: bool, dtype: torch.dtype
-) -> TrainingArguments:
-    import os
-
-    from transformers import TrainingArguments
-
-    on_gpu = torch.cuda.is_available()
-    return TrainingArguments(
-        output_dir=str(ckpt_dir),
-        max_steps=cfg.steps if cfg.steps is not None else -1,
-        num_train_epochs=cfg.epochs if cfg.epochs is not None else 3.0,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio).
-        warmup_steps=float(cfg.warmup_ratio),
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=min(cfg.logging_steps, cfg.steps or cfg.logging_steps),
-        logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=min(cfg.eval_steps, cfg.steps or cfg.eval_steps) if has_eval else None,
-        save_strategy="steps",
-        save_steps=min(cfg.save_steps, cfg.steps or cfg.save_steps),
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        **_checkpointing_args(cfg.gradient_checkpointing),
-        disable_tqdm=True,  # training/callbacks.ProgressLog logs one line per logging step instead
-        report_to=cfg.report_to,
-        load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
-        metric_for_best_model=cfg.metric_for_best_model if cfg.load_best_model_at_end else None,
-        greater_is_better=None if not cfg.load_best_model_at_end else not cfg.metric_for_best_model.endswith("loss"),
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        logging_nan_inf_filter=False,  # show NaN/inf losses: HealthCallback stops on them
-        dataloader_pin_memory=on_gpu,
-        # --- throughput (batching.py): length-grouped batches; DDP without unused-parameter scans
-        # (every LoRA weight takes part in every step) ---
-        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
-        length_column_name=LENGTH_COLUMN,
-        ddp_find_unused_parameters=False,
-        # Without CUDA, torchrun's processes only form a (gloo) DDP group when accelerate is
-        # told it runs on CPU; otherwise each trains alone on the same output_dir.
-        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-    )
-
-
-def _checkpointing_args(on: bool) -> dict[str, Any]:
-    """Activation checkpointing under the name this transformers uses (it renamed
-    `gradient_checkpointing` to `activation_checkpointing`, warning on every run otherwise)."""
-    import dataclasses as dc
-
-    from transformers import TrainingArguments
-
-    name = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in {f.name for f in dc.fields(TrainingArguments)}
-        else "gradient_checkpointing"
-    )
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
-
-
 def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
     """Run one fine-tuning job as configured and return where its outputs are.
 
@@ -354,6 +289,7 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
 def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainResult:
     from transformers import set_seed
 
+    requested = cfg  # the run as asked: what a checkpoint's recipe holds and --resume compares
     work, resume_from = check_output_dir(cfg)
     checkpoint_recipe = read_checkpoint_recipe(resume_from) if resume_from else None
     resume_notes = compare_recipe(checkpoint_recipe, cfg, resume_from) if resume_from else []
@@ -367,6 +303,10 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     model_type = getattr(model_config, "model_type", "unknown")
     skeleton = meta_model(model_path, cfg.trust_remote_code)
     targets = resolve_target_modules(cfg.target_modules, skeleton, model_type)
+    continued: list[str] = []
+    if cfg.init_adapter is not None:  # its LoRA shape and template are the run's (continuation.py)
+        cfg, targets, continued = continue_from(cfg, model_type)
+        log.info(continued[0])
     if cfg.lora_backend == "reference":
         check_reference_targets(skeleton, targets)
 
@@ -377,7 +317,6 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         _check_same_data(checkpoint_recipe, data.data_sha256, resume_from)
 
     # 3. Fit the memory there is (planning.py): the layout, decided before any weight loads.
-    requested = cfg
     plan = _memory_plan(cfg, checkpoint_recipe, model_path, targets, data.stats.longest)
     cfg = dataclasses.replace(cfg, **plan.changes)
     if plan.note:
@@ -397,7 +336,8 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     loaded = load_model(
         model_path, dtype=cfg.dtype, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code
     )
-    model, dtype, notes = loaded.model, loaded.dtype, loaded.notes + resume_notes + ([plan.note] if plan.note else [])
+    model, dtype = loaded.model, loaded.dtype
+    notes = loaded.notes + continued + resume_notes + ([plan.note] if plan.note else [])
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     model = attach_lora(model, cfg, targets)
@@ -429,7 +369,9 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         ),
     )
     try:
-        trainer = build_trainer(cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe)
+        trainer = get_stage(cfg.method).build_trainer(
+            cfg, model, tokenizer, data, work / "checkpoints", dtype, callbacks or [], recipe
+        )
         with attention_kernels(cfg.cudnn_attention, on_gpu):
             runtime, eval_metrics = run_trainer(trainer, resume_from, work / "checkpoints")
     finally:
@@ -463,6 +405,7 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
         total,
         tokens_before=tokens_seen_at(resume_from),
         memory=memory_report(plan, on_gpu=torch.cuda.is_available()),
+        method=cfg.method,
     )
     final = Path(cfg.output_dir)
     try:
@@ -498,7 +441,7 @@ def _save_run(
         tokenizer.save_pretrained(work)
         RunRecord(_recipe(cfg), resolved).save(work / RUN_CONFIG)
         (work / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        plot_losses(trainer.state.log_history, work / LOSS_PLOT, kept_step(trainer))
+        _draw_plot(trainer, work / LOSS_PLOT)
         runs = work / "checkpoints" / "runs"  # TensorBoard's folder under the Trainer's output_dir
         if runs.is_dir():
             shutil.move(str(runs), str(work / "runs"))
@@ -508,65 +451,23 @@ def _save_run(
         replace_dir(work, final)
 
 
-def build_trainer(
-    cfg: LoRAFinetuneConfig,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    data: PreparedData,
-    ckpt_dir: Path,
-    dtype: torch.dtype,
-    callbacks: list[Any],
-    recipe: RunRecord | None = None,
-) -> Trainer:
-    from datasets import Dataset
-    from transformers import Trainer
-
-    args = build_training_args(cfg, ckpt_dir, bool(data.eval), dtype)
-    train_rows = with_lengths(data.train)
-    # --- throughput (batching.py): collator (padding or packing) and sample lengths ---
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(with_lengths(data.eval)) if data.eval else None,
-        data_collator=make_collator(
-            tokenizer.pad_token_id,
-            packing=cfg.packing,
-            on_gpu=torch.cuda.is_available(),
-            model=model,
-            label_logits_only=cfg.label_logits_only,
-        ),
-        processing_class=tokenizer,
-        callbacks=[
-            health := HealthCallback(),
-            InterruptCallback(health),
-            CheckpointMarker(recipe),
-            OverfitWarning(),
-            ProgressLog(),
-            *_early_stopping(cfg),
-            *callbacks,
-        ],
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for noisy in (PrinterCallback, ProgressCallback):  # dicts of numbers as strings; ours: one line
-        trainer.remove_callback(noisy)
-    if args.train_sampling_strategy == "group_by_length":
-        # Trainer takes no sampler argument; its length-grouped sampler shuffles from the global
-        # RNG, which makes a resumed run differ (batching.LengthGroupedSampler says why).
-        sampler = LengthGroupedSampler(
-            [r[LENGTH_COLUMN] for r in train_rows], args.train_batch_size * args.gradient_accumulation_steps, cfg.seed
+def _draw_plot(trainer: Trainer, path: Path) -> None:
+    """The loss plot is a picture of metrics.json: a plotting library that cannot draw (a
+    matplotlib built for another numpy, a broken font cache) must not cost the trained adapter.
+    A full disk still stops the save, before the manifest, so the run stays resumable."""
+    try:
+        plot_losses(trainer.state.log_history, path, kept_step(trainer))
+    except OSError:
+        raise
+    except Exception as e:  # matplotlib raises ImportError, RuntimeError, ValueError, ...
+        path.unlink(missing_ok=True)
+        log.warning(
+            "%s not drawn (%s: %s); metrics.json holds the same numbers. Reinstall matplotlib (pip install -U "
+            "matplotlib) to get the plot next time.",
+            path.name,
+            type(e).__name__,
+            str(e).splitlines()[0][:160] if str(e) else "",
         )
-        trainer._get_train_sampler = lambda train_dataset=None: sampler
-    return trainer
-
-
-def _early_stopping(cfg: LoRAFinetuneConfig) -> list[Any]:
-    if cfg.early_stopping_patience is None:
-        return []
-    from transformers import EarlyStoppingCallback
-
-    return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
 
 
 def _callback(trainer: Trainer, kind: type[T]) -> T:
@@ -624,8 +525,6 @@ def _resume_hint(ckpt_dir: Path, good: bool = False) -> str:
 
 __all__ = [
     "TrainResult",
-    "build_trainer",
-    "build_training_args",
     "check_output_dir",
     "require_checkpoint",
     "run_trainer",

@@ -1,6 +1,7 @@
 """Using a trained adapter, from its folder alone: load and generate (`inference.py`), answer
-whole files (`files.py`), chat (`chat.py`), score against references (`evaluation.py`) and fold
-the adapter into its base (`merging.py`). Nothing here imports `training/`: what a run decided
+whole files (`files.py`), chat (`chat.py`), score against references (`evaluation.py`), measure
+which answer of a pair a model prefers (`preference.py`) and fold the adapter into its base
+(`merging.py`). Nothing here imports `training/`: what a run decided
 is read from its record (`run_record.py`)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from .evaluation import EvalResult, evaluate
 from .files import GenerateFileResult, generate_file
 from .inference import InferenceModel, answer, generate, load_for_inference, stream_reply
 from .merging import MergeResult, merge
+from .preference import preference_accuracy, score_pairs
 
 __all__ = [
     "ChatSession",
@@ -24,5 +26,7 @@ __all__ = [
     "generate_file",
     "load_for_inference",
     "merge",
+    "preference_accuracy",
+    "score_pairs",
     "stream_reply",
 ]

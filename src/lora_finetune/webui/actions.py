@@ -30,6 +30,7 @@ BASE_PREFIX = "base:"
 ADAPTER_PREFIX = "adapter:"
 
 TRAIN_FIELDS = (
+    "method",
     "steps",
     "learning_rate",
     "batch_size",
@@ -44,6 +45,7 @@ TRAIN_FIELDS = (
 )
 """The settings shown up front; MORE_FIELDS sit in a closed accordion."""
 MORE_FIELDS = (
+    "beta",
     "dropout",
     "data_format",
     "system_prompt",
@@ -182,31 +184,42 @@ class WebUI:
         data_format: str = "auto",
         trust_remote_code: bool = False,
         n: int = 3,
+        method: str = "sft",
     ) -> DataPreview:
         """What training will see: the records read as training reads them, encoded by the
-        template training would use, with the tokens it learns marked."""
-        from ..data import dummy_rows, load_records, records_from_rows
+        template training would use, with the tokens it learns marked (a preference pair shows
+        its chosen and its rejected answer)."""
+        from ..choices import DATA_KINDS, METHOD_KIND
+        from ..data import KIND_NAMES, demo_rows, load_records, record_kind, records_from_rows
         from ..models import load_tokenizer, read_model_config, resolve_model, template_for, template_name_for
-        from ..templates import encode_records
+        from ..templates import encode_kind
+        from ..tools.datacheck import render_samples
 
         data_path = self.data_path(data)
+        kind = METHOD_KIND.get(method or "sft", "instruction")
         records = (
-            records_from_rows(dummy_rows(), source="build_dummy_dataset()")
+            records_from_rows(demo_rows(kind), source="the demo data", kinds=(kind,))
             if data_path is None
-            else load_records(data_path, data_format)
+            else load_records(data_path, data_format, kinds=DATA_KINDS)
         )
+        kind = record_kind(records[0])
         path = resolve_model(self.model_name(model))
         model_type = getattr(read_model_config(path, trust_remote_code), "model_type", None)
         tokenizer = load_tokenizer(path, trust_remote_code)
         name = template_name_for(template or "auto", tokenizer, model_type)
         tpl = template_for(name, tokenizer, model_type, system_prompt or None)
-        _, stats = encode_records(records, tokenizer, tpl, int(max_length))
-        where = self.wd.relative(data_path) if data_path else "the 20 demo samples"
-        text = f"{where}: {len(records)} records, template `{name}`\n{stats.summary(int(max_length))}"
+        _, stats = encode_kind(kind, records, tokenizer, tpl, int(max_length))
+        where = self.wd.relative(data_path) if data_path else f"the demo data ({KIND_NAMES[kind]})"
+        methods = " / ".join(m for m, k in METHOD_KIND.items() if k == kind)
+        text = (
+            f"{where}: {len(records)} records of {KIND_NAMES[kind]} (method {methods}), template `{name}`\n"
+            f"{stats.summary(int(max_length))}"
+        )
         pieces: list[tuple[str, str | None]] = []
-        for i, rec in enumerate(records[:n]):
-            pieces.append((f"── sample {i + 1} ──\n", None))
-            pieces += [(seg_text, "learned" if learn else None) for seg_text, learn in tpl.segments(rec)]
+        rendered, titles = render_samples(records[:n], tpl)
+        for title, segments in zip(titles, rendered):
+            pieces.append((f"── {title} ──\n", None))
+            pieces += [(seg_text, "learned" if learn else None) for seg_text, learn in segments]
             pieces.append(("\n\n", None))
         return DataPreview(text, pieces)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..choices import DATA_FORMATS, DTYPES, EXPORT_FORMATS, EXPORT_OUTTYPES, QUANTIZATIONS, TEMPLATES
+from ..choices import DATA_FORMATS, DTYPES, EXPORT_FORMATS, EXPORT_OUTTYPES, METHODS, QUANTIZATIONS, TEMPLATES
 from ..config import FIELD_DOCS
 from ..errors import LoraFinetuneError
 from .actions import ESTIMATE_FIELDS, MORE_FIELDS, TRAIN_FIELDS, WebUI, default_settings
@@ -74,6 +74,7 @@ def _setting(name: str, value: Any) -> gr.components.Component:
         "quantization": QUANTIZATIONS,
         "dtype": DTYPES,
         "data_format": DATA_FORMATS,
+        "method": METHODS,
     }.get(name)
     kw = dict(label=name, info=info, elem_id=f"set-{name}")
     if choices:
@@ -91,9 +92,15 @@ def _progress_html(prog: Any, lang: str) -> str:
     pct = int(round(100 * prog.fraction))
     eta = f" · ETA {prog.eta}" if prog.eta and prog.state == "running" else ""
     steps = f"step {prog.step}/{prog.total} ({pct}%)" if prog.total else ""
+    rewards = ""
+    for split, label in (("train", "train"), ("eval", "held-out")):
+        if prog.rewards.get(split):  # preference methods: the latest reward accuracy and margin
+            _, acc, margin = prog.rewards[split][-1]
+            rewards += f" · {label} reward acc {acc:.2f}" + (f", margin {margin:.3f}" if margin is not None else "")
     return (
         f'<div id="train-progress-state" data-state="{prog.state}" data-step="{prog.step}" data-total="{prog.total}">'
         f"<b>{html.escape(state_text(prog.state, lang))}</b> {steps}{eta}"
+        f'<span id="train-rewards">{html.escape(rewards)}</span>'
         f'<div style="background:#eee;height:10px;border-radius:5px;margin-top:4px">'
         f'<div style="background:#f97316;height:10px;border-radius:5px;width:{pct}%"></div></div></div>'
     )
@@ -103,6 +110,8 @@ def _curve(prog: Any):
     import pandas as pd
 
     rows = [(s, v, "train") for s, v in prog.train] + [(s, v, "eval") for s, v in prog.eval]
+    # preference methods: the reward accuracy (0-1) beside their loss (0-0.7 at the start)
+    rows += [(s, acc, f"reward acc ({split})") for split, points in prog.rewards.items() for s, acc, _ in points]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
 
 
@@ -287,6 +296,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 max_length=int(s.get("max_length") or 768),
                 data_format=s.get("data_format") or "auto",
                 trust_remote_code=trust_v,
+                method=s.get("method") or "sft",
             )
             return prev.stats, prev.samples
 

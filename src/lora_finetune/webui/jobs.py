@@ -31,6 +31,7 @@ from ..errors import ConfigError
 _STEP = re.compile(r"step (\d+)/(\d+)\s+loss ([-+0-9.eE]+|nan|inf)")
 _EVAL = re.compile(r"step (\d+)/(\d+)\s+eval loss ([-+0-9.eE]+|nan|inf)")
 _ETA = re.compile(r"~(\S+) left")
+_REWARDS = re.compile(r"reward acc ([0-9.]+)(?:\s+margin ([-+0-9.eE]+))?")
 
 
 class NothingRunningError(ConfigError):
@@ -46,6 +47,8 @@ class Progress:
     eta: str = ""
     train: list[tuple[int, float]] = field(default_factory=list)
     eval: list[tuple[int, float]] = field(default_factory=list)
+    rewards: dict[str, list[tuple[int, float, float | None]]] = field(default_factory=dict)
+    """Preference methods: (step, reward accuracy, margin) for "train" and "eval"."""
     log_tail: str = ""
     message: str = ""
     """The run's own closing words: its error, or the `Done` summary."""
@@ -91,12 +94,20 @@ def parse_log(text: str) -> Progress:
             prog.train.append((int(m[1]), float(m[3])))
             eta = _ETA.search(line)
             prog.eta = eta[1] if eta else prog.eta
+            _rewards(prog, "train", int(m[1]), line)
             continue
         m = _EVAL.search(line)
         if m:
             prog.step, prog.total = max(prog.step, int(m[1])), int(m[2])
             prog.eval.append((int(m[1]), float(m[3])))
+            _rewards(prog, "eval", int(m[1]), line)
     return prog
+
+
+def _rewards(prog: Progress, split: str, step: int, line: str) -> None:
+    m = _REWARDS.search(line)
+    if m:
+        prog.rewards.setdefault(split, []).append((step, float(m[1]), float(m[2]) if m[2] else None))
 
 
 def closing_message(text: str) -> str:
@@ -221,11 +232,15 @@ class JobManager:
         prog = parse_log(text)
         train: dict[int, float] = {}
         evals: dict[int, float] = {}
+        rewards: dict[str, dict[int, tuple]] = {}
         for j in jobs:
             p = parse_log(j.read_log())
             train.update(p.train)
             evals.update(p.eval)
+            for split, points in p.rewards.items():
+                rewards.setdefault(split, {}).update({pt[0]: pt for pt in points})
         prog.train, prog.eval = sorted(train.items()), sorted(evals.items())
+        prog.rewards = {split: sorted(points.values()) for split, points in rewards.items()}
         prog.log_tail = "\n".join(text.splitlines()[-40:])
         if job.running:
             prog.state = "running" if prog.step else "starting"
