@@ -34,13 +34,32 @@ def test_evaluate_table_and_worst_samples(ui):
     table, worst, report = ui.evaluate("outputs/ad", "data/test.jsonl", max_new_tokens=8, compare_base=True)
     assert table[0] == ["metric", "adapter", "base"]
     assert "loss" in [row[0] for row in table]
-    assert len(worst) == 3 and all(len(r) == 4 for r in worst)
+    assert worst[0] == ["question", "reference", "prediction", "rouge-l"]
+    assert len(worst) == 4 and all(len(r) == 4 for r in worst)
     assert report.is_file() and ui.wd.root in report.parents
     with pytest.raises(DataError):
         write_jsonl(ui.wd.data / "noanswer.jsonl", [{"instruction": "q"}])
         ui.evaluate("outputs/ad", "data/noanswer.jsonl")
     with pytest.raises(ConfigError, match="outside the workdir"):
         ui.evaluate("../../", "data/test.jsonl")
+
+
+def test_evaluate_scores_preference_pairs(ui):
+    """A file of pairs on the Evaluate tab: preference accuracy and margin, adapter and base; the
+    worst are the pairs whose chosen answer the adapter prefers least, smallest margin first."""
+    from lora_finetune.data import demo_rows
+
+    rows = demo_rows("preference")[:4]
+    pairs = [{"prompt": r["instruction"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+    write_jsonl(ui.wd.data / "pairs.jsonl", pairs)
+    table, worst, report = ui.evaluate("outputs/ad", "data/pairs.jsonl", compare_base=True, worst=3)
+    assert table[0] == ["metric", "adapter", "base"]
+    acc = next(row for row in table if row[0] == "preference_accuracy")
+    assert all(0.0 <= v <= 1.0 for v in acc[1:])
+    assert worst[0] == ["prompt", "chosen", "rejected", "margin"] and len(worst) == 4
+    margins = [r[3] for r in worst[1:]]
+    assert margins == sorted(margins) and worst[1][1] in {p["chosen"] for p in pairs}
+    assert report.is_file()
 
 
 def test_chat_streams_pieces(ui):

@@ -37,14 +37,14 @@ class GenerateFileResult:
 
 
 def read_prompt_records(
-    path: Path | str, data_format: str = "auto"
+    path: Path | str, data_format: str = "auto", kinds: tuple[str, ...] = ("instruction",)
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(raw rows, normalised records) of a data file; answers are optional."""
+    """(raw rows, normalised records) of a data file of one of `kinds`; answers are optional."""
     rows = read_rows(path, require_answer=False)  # a prompts-only CSV needs no `output` column
     if not rows:
         raise DataError(f"{path}: the file holds no records. Add prompts, one per line (JSONL) or as a JSON list.")
     raw = [row for _, row in rows]
-    records = normalize_rows(rows, path, data_format, require_answer=False)
+    records = normalize_rows(rows, path, data_format, require_answer=False, kinds=kinds)
     return raw, records
 
 

@@ -10,6 +10,7 @@ the same number is measured before and after training (the DPO demo shows both).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,47 @@ def answer_logprob(im: InferenceModel, record: dict[str, Any], answer: dict[str,
     return float(torch.log_softmax(logits, -1).gather(-1, targets[:, None]).mean())
 
 
-def score_pairs(im: InferenceModel, records: list[dict[str, Any]]) -> list[PairScore]:
-    return [PairScore(answer_logprob(im, r, r["chosen"]), answer_logprob(im, r, r["rejected"])) for r in records]
+def _batch_logprobs(im: InferenceModel, encoded: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Mean answer log-probability of each (prompt_ids, answer_ids), in one right-padded forward:
+    under a causal mask, padding after a sequence changes nothing before it."""
+    longest = max(len(p) + len(a) for p, a in encoded)
+    pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, a) in enumerate(encoded):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        mask[i, : len(p) + len(a)] = 1
+    ids, mask = ids.to(im.device), mask.to(im.device)
+    with torch.no_grad():
+        logits = im.model(input_ids=ids, attention_mask=mask).logits.float()
+    out = []
+    for i, (p, a) in enumerate(encoded):
+        start, end = len(p), len(p) + len(a)
+        logp = torch.log_softmax(logits[i, start - 1 : end - 1], -1)
+        out.append(float(logp.gather(-1, ids[i, start:end, None]).mean()))
+    return out
+
+
+def score_pairs(
+    im: InferenceModel,
+    records: list[dict[str, Any]],
+    batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
+) -> list[PairScore]:
+    """The chosen and rejected answers' mean log-probabilities, `batch_size` pairs per forward."""
+    scores: list[PairScore] = []
+    for start in range(0, len(records), max(batch_size, 1)):
+        chunk = records[start : start + max(batch_size, 1)]
+        encoded = []
+        for rec in chunk:
+            for answer in (rec["chosen"], rec["rejected"]):
+                enc = encode_answer(rec, answer, im.tokenizer, im.template)
+                encoded.append((enc.prompt_ids, enc.answer_ids))
+        values = _batch_logprobs(im, encoded)
+        scores += [PairScore(values[2 * i], values[2 * i + 1]) for i in range(len(chunk))]
+        if progress is not None:
+            progress(len(chunk))
+    return scores
 
 
 def preference_accuracy(im: InferenceModel, records: list[dict[str, Any]]) -> float:

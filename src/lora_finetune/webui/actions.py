@@ -307,34 +307,41 @@ class WebUI:
         max_new_tokens: int = 128,
         worst: int = 5,
     ) -> tuple[list[list[Any]], list[list[Any]], Path]:
-        """`lora-finetune eval`: (metrics rows, worst samples, report path)."""
-        from ..use import evaluate
+        """`lora-finetune eval`: (metrics rows, the worst samples with a header row, report path).
+        A file of preference pairs is scored instead (use/pair_eval.py); its worst are the pairs
+        whose chosen answer the model prefers least."""
+        from ..data import record_kind
+        from ..use import evaluate, evaluate_pairs
+        from ..use.files import read_prompt_records
 
         folder = self.adapter(adapter)
         data_path = self.data_path(data)
         if data_path is None:
             raise ConfigError("Choose the evaluation data: a file with reference answers in the workdir.")
+        _, records = read_prompt_records(data_path, kinds=("instruction", "preference"))
+        pairs = bool(records) and record_kind(records[0]) == "preference"
         report = self.wd.state / "eval" / f"{folder.name}-{data_path.stem}.json"
         im, lock = self.load(ADAPTER_PREFIX + self.wd.relative(folder))
         with lock:
-            res = evaluate(
-                folder,
-                data_path,
-                im=im,
-                max_samples=max_samples or None,
-                compare_base=compare_base,
-                generation=not loss_only,
-                max_new_tokens=int(max_new_tokens),
-                report_path=report,
-            )
+            if pairs:
+                res = evaluate_pairs(folder, data_path, records, im=im, max_samples=max_samples or None,
+                                     compare_base=compare_base, report_path=report)  # fmt: skip
+            else:
+                res = evaluate(
+                    folder,
+                    data_path,
+                    im=im,
+                    max_samples=max_samples or None,
+                    compare_base=compare_base,
+                    generation=not loss_only,
+                    max_new_tokens=int(max_new_tokens),
+                    report_path=report,
+                )
         metrics = res.report["metrics"]
         cols = list(metrics)
         keys = sorted({k for m in metrics.values() for k in m})
         rows = [[k, *[metrics[c].get(k) for c in cols]] for k in keys]
-        preds = [p for p in res.report["predictions"] if "scores" in p]
-        preds.sort(key=lambda p: p["scores"].get("rouge-l", 0.0))
-        bad = [[p["question"], p["reference"], p["prediction"], p["scores"].get("rouge-l")] for p in preds[:worst]]
-        return [["metric", *cols], *rows], bad, res.report_path
+        return [["metric", *cols], *rows], _worst(res.report, pairs, worst), res.report_path
 
     # ------------------------------------------------------------------ export
     def export(self, adapter: str, kind: str, name: str, outtype: str = "f16", overwrite: bool = False) -> str:
@@ -361,6 +368,22 @@ class WebUI:
         if not out.is_dir():
             raise ModelError(f"The export finished but {out} is missing; see the server log.")
         return "\n".join(lines)
+
+
+def _worst(report: dict[str, Any], pairs: bool, n: int) -> list[list[Any]]:
+    """A header row, then the `n` samples the model did worst on: lowest ROUGE-L, or for pairs
+    the smallest (most negative) margin of the chosen answer over the rejected one."""
+    if pairs:
+        rows = [
+            [p["prompt"], p["chosen"], p["rejected"], round(p["chosen_logprob"] - p["rejected_logprob"], 4)]
+            for p in report["pairs"]
+        ]
+        rows.sort(key=lambda r: r[3])
+        return [["prompt", "chosen", "rejected", "margin"], *rows[:n]]
+    preds = [p for p in report["predictions"] if "scores" in p]
+    preds.sort(key=lambda p: p["scores"].get("rouge-l", 0.0))
+    rows = [[p["question"], p["reference"], p["prediction"], p["scores"].get("rouge-l")] for p in preds[:n]]
+    return [["question", "reference", "prediction", "rouge-l"], *rows]
 
 
 def _text(content: Any) -> str:

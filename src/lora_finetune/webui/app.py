@@ -418,7 +418,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             import pandas as pd
 
             metrics = pd.DataFrame(table[1:], columns=table[0])
-            worst_df = pd.DataFrame(worst, columns=["question", "reference", "prediction", "rouge-l"])
+            worst_df = pd.DataFrame(worst[1:], columns=worst[0])
             return metrics, worst_df, ui.wd.relative(report)
 
         run_eval.click(
