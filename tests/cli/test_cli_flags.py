@@ -93,3 +93,21 @@ def test_train_resume_and_overwrite_spellings(tiny_qwen3, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--output_dir", str(out), "--resume", "maybe"])
     assert e.value.code == 2 and "expected auto, true or false" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--adapter", "a", "--data", "d.jsonl", "--max_samples", "0"],
+        ["eval", "--adapter", "a", "--data", "d.jsonl", "--batch_size", "-1"],
+        ["generate", "--adapter", "a", "--input", "i.jsonl", "--output", "o.jsonl", "--max_new_tokens", "0"],
+        ["generate", "--adapter", "a", "--input", "i.jsonl", "--output", "o.jsonl", "--batch_size", "x"],
+    ],
+)
+def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+    """`--max_samples 0` used to reach the scorer and divide by zero; now the parser says it."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be at least 1" in err or "expected a whole number, got 'x'" in err

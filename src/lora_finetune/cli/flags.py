@@ -32,6 +32,17 @@ def parse_bool_flag(text: str) -> bool:
         ) from None
 
 
+def positive_int(text: str) -> int:
+    """argparse `type=` for counts that must be at least 1 (samples, batch sizes, tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def bool_flag(p: argparse.ArgumentParser | Any, name: str, help: str | None = None) -> None:
     """A true/false setting that is also a flag: `--name` alone means true, `--name true|false`
     (yes/no, on/off, 1/0) says it outright -- the spelling config files use, so `--overwrite true`
@@ -72,7 +83,7 @@ def gen_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     opt(
         p,
         "max_new_tokens",
-        type=int,
+        type=positive_int,
         default=max_new_tokens,
         help=f"longest answer in tokens (default {max_new_tokens})",
     )
@@ -81,4 +92,4 @@ def gen_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     opt(p, "repetition_penalty", type=float, default=1.0, help="1.0 (default) is off")
 
 
-__all__ = ["bool_flag", "gen_flags", "load_flags", "opt", "parse_bool_flag"]
+__all__ = ["bool_flag", "gen_flags", "load_flags", "opt", "parse_bool_flag", "positive_int"]

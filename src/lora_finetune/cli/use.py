@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ..choices import DATA_FORMATS, MERGE_DTYPES
 from ..errors import ConfigError
-from .flags import bool_flag, gen_flags, load_flags, opt
+from .flags import bool_flag, gen_flags, load_flags, opt, positive_int
 
 
 def _quiet_hf() -> None:
@@ -367,8 +367,8 @@ def register(sub: Any) -> None:
         help="output file; format by suffix: .jsonl (default), .json, .csv, .parquet",
     )
     opt(g, "data_format", default="auto", choices=DATA_FORMATS)
-    opt(g, "batch_size", type=int, default=8, help="prompts per batch (default 8)")
-    opt(g, "max_samples", type=int, help="only the first N records")
+    opt(g, "batch_size", type=positive_int, default=8, help="prompts per batch (default 8)")
+    opt(g, "max_samples", type=positive_int, help="only the first N records")
     bool_flag(g, "base-only", help="generate with the base model alone")
     gen_flags(g, 256)
     g.set_defaults(func=cmd_generate)
@@ -386,9 +386,9 @@ def register(sub: Any) -> None:
     opt(e, "report", type=Path, help="JSON report path (default ADAPTER/eval_report.json)")
     bool_flag(e, "compare-base", help="also measure the base model (adapter switched off)")
     bool_flag(e, "base-only", help="measure the base model alone")
-    opt(e, "max_samples", type=int, help="only the first N samples with answers")
-    opt(e, "batch_size", type=int, default=8)
-    opt(e, "max_new_tokens", type=int, default=128, help="longest generated answer (128)")
+    opt(e, "max_samples", type=positive_int, help="only the first N samples with answers")
+    opt(e, "batch_size", type=positive_int, default=8, help="samples (or pairs) per batch (default 8)")
+    opt(e, "max_new_tokens", type=positive_int, default=128, help="longest generated answer (128)")
     bool_flag(e, "loss-only", help="skip generation (loss and perplexity only)")
     e.set_defaults(func=cmd_eval)
 
