@@ -354,7 +354,8 @@ def test_the_cli_reports_each_method(tiny_qwen3, tmp_path, capsys, method):
 
 
 def test_what_a_preference_run_makes_is_used_like_any_adapter(tiny_qwen3, tmp_path):
-    """chat, merge and GGUF export read a DPO adapter folder exactly as an SFT one."""
+    """chat, merge, GGUF and Ollama export read an ORPO adapter folder exactly as an SFT one
+    (serving: tests/serve/test_serve_preference.py)."""
     from lora_finetune.export import export_model
     from lora_finetune.use import ChatSession, load_for_inference, merge
 
@@ -366,3 +367,6 @@ def test_what_a_preference_run_makes_is_used_like_any_adapter(tiny_qwen3, tmp_pa
     assert (merged.output_dir / "config.json").is_file()
     exported = export_model(res.output_dir, tmp_path / "gguf")
     assert any(p.suffix == ".gguf" for p in exported.output_dir.iterdir())
+    ollama = export_model(res.output_dir, tmp_path / "ollama", format="ollama")
+    modelfile = (ollama.output_dir / "Modelfile").read_text()
+    assert "FROM ./model-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
