@@ -57,7 +57,7 @@ $(FLOOR_STAMP): pyproject.toml .ci/floors.py
 	@$(PYTHON) -c "import sys; sys.version_info >= (3, 11) or sys.exit('lora-finetune needs Python >= 3.11 (TRL needs it); $(PYTHON) is ' + sys.version.split()[0] + '. Install one and run e.g.: make PYTHON=python3.11 test')"
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
-	mkdir -p build && $(PYTHON) .ci/floors.py quant > build/floor-constraints.txt
+	mkdir -p build && $(PYTHON) .ci/floors.py quant bench > build/floor-constraints.txt
 	$(FLOOR_PY) -m pip install -q -c build/floor-constraints.txt torch
 	$(FLOOR_PY) -m pip install -q -c build/floor-constraints.txt -e ".[dev,eval]"
 	touch $(FLOOR_STAMP)

@@ -62,6 +62,18 @@ def test_evaluate_scores_preference_pairs(ui):
     assert report.is_file()
 
 
+def test_benchmark_table(ui):
+    pytest.importorskip("lm_eval")
+    table, report = ui.benchmark("outputs/ad", "lora_demo_zh", limit=2, compare_base=True)
+    assert table[0] == ["task", "metric", "n", "adapter", "base", "adapter - base"]
+    assert [r[0] for r in table[1:]] == ["lora_demo_zh", "  lora_demo_zh_knowledge", "  lora_demo_zh_language"]
+    assert table[1][2] == "4" and "±" in table[1][3] and (ui.wd.root / report).is_file()
+    with pytest.raises(ConfigError, match="did you mean"):
+        ui.benchmark("outputs/ad", "lora_demo_zhh")
+    with pytest.raises(ConfigError, match="outside the workdir"):
+        ui.benchmark("../../", "lora_demo_zh")
+
+
 def test_chat_streams_pieces(ui):
     from lora_finetune.use.chat import GenerationSettings
 

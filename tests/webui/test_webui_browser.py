@@ -207,6 +207,22 @@ def test_chat_streams_side_by_side(page):
     page.screenshot(path=str(DOCS / "webui-chat.png"), full_page=True)
 
 
+def test_benchmark_on_the_evaluate_tab(page):
+    """The bundled benchmark task, adapter against base, as a table on the page."""
+    pytest.importorskip("lm_eval")
+    tab(page, "Evaluate")
+    pick(page, "eval-adapter", "first")
+    page.get_by_text("Standard benchmarks").click()
+    page.locator("#bench input[type=number]").first.fill("2")  # 2 items per task
+    page.locator("#bench input[type=number]").first.press("Tab")
+    page.locator("#run-bench").click()
+    table = page.locator("#bench-table")
+    expect(table).to_contain_text("lora_demo_zh_language", timeout=120_000)
+    expect(table).to_contain_text("adapter - base")
+    expect(table).to_contain_text("±")
+    expect(page.locator("#bench-report textarea")).to_have_value(re.compile(r"bench/first\.json$"))
+
+
 def test_errors_are_messages(page, webui_workdir, tmp_path):
     """Hostile input gets a sentence, not a traceback."""
     tab(page, "Train")

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each module here has `register(subparsers)`, adding its verbs with `set_defaults(func=...)`;
 # `func(args) -> int` does the work. Imports inside the functions keep `--help` fast.
-VERB_MODULES: list[str] = ["train", "use", "tools", "convert", "serve", "export", "webui"]
+VERB_MODULES: list[str] = ["train", "use", "bench", "tools", "convert", "serve", "export", "webui"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,6 +343,38 @@ class WebUI:
         rows = [[k, *[metrics[c].get(k) for c in cols]] for k in keys]
         return [["metric", *cols], *rows], _worst(res.report, pairs, worst), res.report_path
 
+    def benchmark(
+        self,
+        adapter: str,
+        tasks: str,
+        limit: float | None = None,
+        num_fewshot: int | None = None,
+        compare_base: bool = False,
+    ) -> tuple[list[list[str]], str]:
+        """`lora-finetune benchmark`: (the comparison table with a header row, where the report
+        is, relative to the workdir, or why it could not be written). Settings, tasks and their
+        data are checked before the model is taken."""
+        from ..use import benchmark as bench
+
+        bench.require_harness()
+        folder = self.adapter(adapter)
+        settings = bench.BenchmarkSettings(
+            tasks=[t for t in str(tasks or "").split(",")],
+            limit=limit or None,
+            num_fewshot=num_fewshot,
+            compare_base=compare_base,
+        )
+        settings.check()
+        manager = bench.task_manager()
+        bench.check_task_names(manager, settings.tasks)
+        loaded = bench.load_tasks(manager, settings.tasks)
+        report = self.wd.state / "bench" / f"{folder.name}.json"
+        im, lock = self.load(ADAPTER_PREFIX + self.wd.relative(folder))
+        with lock:
+            res = bench.benchmark(folder, settings, im=im, loaded=loaded, report_path=report)
+        where = self.wd.relative(res.report_path) if res.report_path else f"not written: {res.report_error}"
+        return bench.table(res.rows), where
+
     # ------------------------------------------------------------------ export
     def export(self, adapter: str, kind: str, name: str, outtype: str = "f16", overwrite: bool = False) -> str:
         """`lora-finetune merge` or `lora-finetune export --format KIND` into exports/NAME."""

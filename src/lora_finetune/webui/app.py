@@ -242,6 +242,20 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     "worst",
                 )
                 eval_report = gr.Textbox(label="report", interactive=False, elem_id="eval-report")
+                with L(gr.Accordion(t("bench"), open=False, elem_id="bench"), "bench"):
+                    with gr.Row():
+                        bench_tasks = L(
+                            gr.Textbox("lora_demo_zh", label=t("bench_tasks"), elem_id="bench-tasks", scale=3),
+                            "bench_tasks",
+                        )
+                        bench_limit = L(gr.Number(0, precision=0, label=t("bench_limit")), "bench_limit")
+                        bench_shots = L(gr.Number(-1, precision=0, label=t("bench_fewshot")), "bench_fewshot")
+                        bench_base = L(gr.Checkbox(True, label=t("compare_base")), "compare_base")
+                        run_bench = L(
+                            gr.Button(t("run_bench"), variant="primary", elem_id="run-bench"), "run_bench", "value"
+                        )
+                    bench_table = L(gr.Dataframe(label=t("bench_table"), elem_id="bench-table"), "bench_table")
+                    bench_report = gr.Textbox(label="report", interactive=False, elem_id="bench-report")
 
             # ------------------------------------------------------------- export
             with L(gr.Tab(t("tab_export"), id="export", elem_id="tab-export"), "tab_export"):
@@ -425,6 +439,18 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             on_eval,
             [eval_adapter, eval_data, eval_max, eval_new, eval_base, eval_loss],
             [eval_metrics, eval_worst, eval_report],
+        )
+
+        @friendly
+        def on_bench(adapter_v, tasks_v, limit_v, shots_v, base_v):
+            shots = int(shots_v) if shots_v is not None and int(shots_v) >= 0 else None
+            table, report = ui.benchmark(adapter_v, tasks_v, int(limit_v or 0) or None, shots, bool(base_v))
+            import pandas as pd
+
+            return pd.DataFrame(table[1:], columns=table[0]), report
+
+        run_bench.click(
+            on_bench, [eval_adapter, bench_tasks, bench_limit, bench_shots, bench_base], [bench_table, bench_report]
         )
 
         # --- export

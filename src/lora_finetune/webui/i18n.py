@@ -77,6 +77,18 @@ LABELS: dict[str, tuple[str, str]] = {
     "run_eval": ("Evaluate", "开始评估"),
     "metrics": ("Metrics", "指标"),
     "worst": ("Worst samples (lowest ROUGE-L)", "最差样本（ROUGE-L 最低）"),
+    "bench": ("Standard benchmarks (lm-evaluation-harness)", "标准评测基准（lm-evaluation-harness）"),
+    "bench_tasks": (
+        "Tasks (comma-separated: ceval-valid, cmmlu, mmlu, ...; lora_demo_zh works offline)",
+        "评测任务（逗号分隔：ceval-valid、cmmlu、mmlu 等；lora_demo_zh 无需联网）",
+    ),
+    "bench_limit": ("Items per task (0: all)", "每个任务最多题数（0 为全部）"),
+    "bench_fewshot": ("Few-shot examples (-1: the task's own)", "少样本示例数（-1 为任务默认）"),
+    "run_bench": ("Run benchmark", "开始评测"),
+    "bench_table": (
+        "Accuracy ± standard error; * = difference beyond two standard errors",
+        "准确率 ± 标准误；* 表示差异超过两个标准误",
+    ),
     # export
     "export_kind": ("What to write", "导出内容"),
     "export_name": ("Output name (folder under exports/)", "输出名称（exports/ 下的文件夹名）"),
