@@ -16,17 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .flags import bool_flag, load_flags, opt, positive_int
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from .flags import bool_flag, load_flags, non_negative_int, opt, positive_int
 
 
 def limit_arg(text: str) -> float | int:

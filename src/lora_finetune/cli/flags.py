@@ -32,15 +32,24 @@ def parse_bool_flag(text: str) -> bool:
         ) from None
 
 
-def positive_int(text: str) -> int:
-    """argparse `type=` for counts that must be at least 1 (samples, batch sizes, tokens)."""
+def _count(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse `type=` for counts that must be at least 1 (samples, batch sizes, tokens)."""
+    return _count(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse `type=` for counts that may be 0 (few-shot examples)."""
+    return _count(text, 0)
 
 
 def bool_flag(p: argparse.ArgumentParser | Any, name: str, help: str | None = None) -> None:
