@@ -25,7 +25,6 @@ demo: $(STAMP) tcmalloc
 	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
 	$(PY) lesson1/05_lora_finetune/lora_chatglm_demo.py --model_name smollm2-135m-instruct \
 	  --output_dir outputs/demo --steps 60 --learning_rate 1e-3 --eval_steps 10 --save_steps 10 \
-	  --load_best_model_at_end true \
 	  --overwrite true
 
 # DPO on top of the SFT demo (run `make demo` first): answers in complete sentences.

@@ -52,7 +52,9 @@ def ask(adapter_dir: Path, base_only: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its import-time notes are not about us
+    from lora_finetune.cli import quiet_library_logs
+
+    quiet_library_logs()  # bitsandbytes' and kernels' notes about themselves are not about the run
     from lora_finetune.training import train
 
     argv = sys.argv[1:] if argv is None else argv

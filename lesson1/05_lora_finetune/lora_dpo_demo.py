@@ -61,8 +61,10 @@ def measure(adapter: Path, pairs: list) -> tuple[float, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[lora-finetune] %(message)s")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from lora_finetune.cli import quiet_library_logs
     from lora_finetune.training import train
+
+    quiet_library_logs()  # bitsandbytes' and kernels' notes about themselves are not about the run
 
     argv = sys.argv[1:] if argv is None else argv
     config = load_config(None, {**DEFAULTS, **parse_overrides(argv)})

@@ -53,6 +53,35 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lora-finetune"
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder: it, or a folder above it, is a file."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{path} is a file, not a folder"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be created"
+    return None
+
+
+def cache_folder(cache_dir: Path | str | None = None) -> Path:
+    """The cache folder to use (`cache_dir`, else default_cache_dir()); a ConfigError naming the
+    setting or variable when it cannot be a folder."""
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    problem = folder_problem(folder)
+    if problem:
+        where = (
+            "cache_dir"
+            if cache_dir
+            else "LORA_FINETUNE_CACHE"
+            if os.environ.get("LORA_FINETUNE_CACHE")
+            else "XDG_CACHE_HOME (the cache is $XDG_CACHE_HOME/lora-finetune)"
+        )
+        fix = "give a folder" if cache_dir else f"point {where.split(' ')[0]} at a folder, or unset it"
+        raise ConfigError(f"{where}: {problem}; {fix}.")
+    return folder
+
+
 @dataclass
 class LoRAFinetuneConfig:
     # --- the teaching script's fields (same names, same defaults) ---
@@ -197,7 +226,8 @@ class LoRAFinetuneConfig:
         problems: list[str] = []
 
         def bad(name: str, why: str) -> None:
-            problems.append(f"{name}={getattr(self, name)!r}: {why}")
+            value = getattr(self, name)
+            problems.append(f"{name}={str(value) if isinstance(value, Path) else repr(value)}: {why}")
 
         if self.r <= 0:
             bad("r", "the LoRA rank must be a positive integer; use 8 or 16")
@@ -254,6 +284,8 @@ class LoRAFinetuneConfig:
                 "save_total_limit",
                 "keep at least 2, so that a complete checkpoint always exists while the next one is being written",
             )
+        if self.cache_dir is not None and folder_problem(Path(self.cache_dir)):
+            bad("cache_dir", f"{folder_problem(Path(self.cache_dir))}; give a folder for converted models")
         if self.load_best_model_at_end or self.early_stopping_patience is not None:
             if self.eval_fraction <= 0:
                 bad("load_best_model_at_end", "needs evaluation: set eval_fraction above 0, e.g. 0.1")
@@ -630,6 +662,7 @@ __all__ = [
     "read_config_file",
     "parse_overrides",
     "describe_fields",
+    "cache_folder",
     "default_cache_dir",
     "FIELD_NAMES",
 ]

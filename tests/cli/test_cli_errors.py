@@ -186,3 +186,26 @@ def test_busy_cores_is_a_share_of_the_machine():
 
     busy = _busy_cores(0.05)
     assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+
+
+def test_a_file_where_a_folder_is_expected(capsys, tmp_path, tiny_qwen3, monkeypatch, adapter):
+    """cache_dir (setting or environment) and eval's --report: exit 2 naming the setting, before
+    any work, never the safety net's "failed unexpectedly"."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for cache in (afile, afile / "sub"):
+        code, err = _run(capsys, ["train", "--model_name", "smollm2-135m-instruct", "--cache_dir", str(cache),
+                                  "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        assert code == 2 and f"cache_dir={cache}: " in err and "give a folder" in err and "unexpectedly" not in err
+    monkeypatch.setenv("LORA_FINETUNE_CACHE", str(afile))
+    code, err = _run(capsys, ["modules", "--model", "smollm2-135m-instruct"])
+    assert code == 2 and "LORA_FINETUNE_CACHE: " in err and "is a file, not a folder" in err
+    monkeypatch.delenv("LORA_FINETUNE_CACHE")
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the report path was checked")
+
+    monkeypatch.setattr("lora_finetune.use.load_for_inference", no_model)
+    data = _data(tmp_path, "q.jsonl", '{"instruction": "q", "output": "a"}\n')
+    code, err = _run(capsys, ["eval", "--adapter", str(adapter), "--data", data, "--report", str(tmp_path)])
+    assert code == 2 and "is a folder; give a file path" in err

@@ -36,13 +36,21 @@ def _setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
-    # bitsandbytes logs on import and per call on CPU (an optional `kernels` package it would
-    # download, dtype casts inside its int8 matmul): nothing a user of this tool acts on.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    quiet_library_logs()
     # (A logger's filters see only its own records, so the filter goes on the logger that emits.)
     logging.getLogger("transformers.trainer_utils").addFilter(_NotAboutTheRun())
     # transformers' own warnings stay, its info chatter goes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_library_logs() -> None:
+    """Libraries' log lines about their own machinery, which no user of this tool acts on:
+    bitsandbytes logs on import and per call on CPU (dtype casts inside its int8 matmul, a CPU
+    kernel it would download from the Hub), and `kernels`, which transformers installs and
+    bitsandbytes asks for that kernel, says offline that it skips its publisher check. Their
+    errors still show."""
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # --------------------------------------------------------------------------- parser

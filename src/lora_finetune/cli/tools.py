@@ -272,6 +272,7 @@ def format_data_report(rep: Any) -> str:
             + (f" (raise max_length to {rep.token_lengths['max']} to keep all)" if rep.too_long else "")
         )
     lines.append(f"  {rep.duplicates} duplicates, {rep.multi_turn} multi-turn, {rep.no_answer} without answer tokens")
+    lines += [f"  warning: {w}" for w in rep.warnings]
     for title, segments in zip(rep.sample_titles, rep.samples):
         lines.append(f"  {title} (learned text in [[ ]]):")
         text = "".join(f"[[{t}]]" if learn else t for t, learn in segments)

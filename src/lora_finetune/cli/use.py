@@ -212,12 +212,13 @@ def format_eval_table(report: dict[str, Any]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import record_kind
-    from ..use.evaluation import evaluate
+    from ..use.evaluation import check_report_path, evaluate
     from ..use.files import read_prompt_records
 
     _quiet_hf()
-    # The data first: a bad file fails in a second, before the model loads.
+    # The data and the report path first: each fails in a second, before the model loads.
     _, records = read_prompt_records(args.data, args.data_format, kinds=("instruction", "preference"))
+    check_report_path(args.report)
     im = _load(args, base_only=args.base_only)
     if records and record_kind(records[0]) == "preference":
         return _eval_pairs(args, im, records)

@@ -36,13 +36,22 @@ Record = dict[str, Any]
 INSTRUCTIONS = ("instruction",)
 
 
+def source_name(path: Any) -> str:
+    """How a record's source is named in messages: a file by its name, a dataset of
+    LLaMA-Factory's dataset_info.json (labelled "NAME (…/dataset_info.json)") by its name."""
+    text = str(path)
+    if " (" in text and text.endswith(")"):
+        return text.split(" (", 1)[0]
+    return Path(text).name
+
+
 def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto", require_answer: bool = True) -> Record:
     """One raw row -> the normalised record (see the module docstring)."""
     if isinstance(row, dict):
         kind = detect_kind(row)
         if kind != "instruction":
             rec = NORMALIZERS[kind](row, where, path)
-            rec["source"] = f"{Path(str(path)).name}:{where}"
+            rec["source"] = f"{source_name(path)}:{where}"
             return rec
         if "prompt" in row and "completion" in row:
             row = prompt_completion_row(row)
@@ -57,7 +66,7 @@ def normalize_row(row: Any, where: str, path: Any = "<data>", fmt: str = "auto",
         rec = alpaca_record(row, where, path, require_answer)
     else:
         rec = turns_record(row, where, path, detected, require_answer)
-    rec["source"] = f"{Path(str(path)).name}:{where}"
+    rec["source"] = f"{source_name(path)}:{where}"
     return rec
 
 

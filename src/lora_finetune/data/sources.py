@@ -159,11 +159,8 @@ def _apply_alpaca(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any
 def _apply_sharegpt(row: dict[str, Any], columns: dict[str, str], tags: dict[str, str]) -> dict[str, Any]:
     messages = row.get(columns.get("messages", "conversations"))
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
-    roles = {
-        tags[t]: t.removesuffix("_tag").replace("assistant", "gpt").replace("user", "human")
-        for t in _SHAREGPT_ROLES
-        if t in tags
-    }
+    # The entry's own spelling of each role -> the ShareGPT spelling our reader knows.
+    roles = {tags[t]: _SHAREGPT_DEFAULT_TAGS[t] for t in _SHAREGPT_ROLES if t in tags}
     turns = []
     if isinstance(messages, list):
         for m in messages:

@@ -215,8 +215,14 @@ def _turn(
             raise DataError(f"{path}, {at}: a system message may only come first.")
         return content
     previous = messages[-1] if messages else None
-    if previous is None or (previous["role"] == "assistant" and not previous.get("tool_calls")):
-        allowed = ("user",)
+    if previous is None:
+        # An answer may open the conversation (after a system prompt): OpenAI's fine-tuning
+        # format allows it, and its own example file has such a record.
+        allowed = ("user", "assistant")
+    elif previous["role"] == "assistant" and not previous.get("tool_calls"):
+        # A tool result may follow an answer that wrote its call as text (LLaMA-Factory accepts
+        # this, and its own glaive_toolcall demo sets have such records).
+        allowed = ("user", "tool")
     elif previous["role"] == "assistant":
         allowed = ("tool",)  # a call is answered by its result
     elif previous["role"] == "tool":
@@ -246,7 +252,11 @@ def _function(call: Any, where: str) -> dict[str, Any]:
             f'{where}: a tool call needs a `name` (and `arguments`), like {{"name": "f", "arguments": {{}}}}.'
         )
     args = call.get("arguments", {})
-    if isinstance(args, str):
+    # JSON text of the arguments; some exports encode it twice (a JSON string holding the JSON
+    # text: OpenAI's own drone_training.jsonl example does), so a string is decoded again.
+    for _ in range(2):
+        if not isinstance(args, str):
+            break
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..config import default_cache_dir
+from ..config import cache_folder
 from ..errors import LoraFinetuneError, ModelError
 from ..folders import verify_manifest
 from .bundled import ensure_bundled_model, is_bundled_name
@@ -86,7 +86,7 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> str:
     """Turn `model_name` into what `from_pretrained` takes: a folder path or a hub id."""
     name = str(name).strip()
     if is_bundled_name(name):
-        return str(_verified(ensure_bundled_model(cache_dir)))
+        return str(_verified(ensure_bundled_model(cache_folder(cache_dir))))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -97,7 +97,7 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> str:
                 "model folder. Point model_name at the folder that holds config.json "
                 "and the weights (or use smollm2-135m-instruct)."
             )
-        return str(_verified(convert_if_needed(_verified(path), cache_dir or default_cache_dir())))
+        return str(_verified(convert_if_needed(_verified(path), cache_folder(cache_dir))))
     if looks_like_path(name):
         raise ModelError(
             f"Model folder {name} does not exist. Check the path, or use the bundled "
@@ -375,6 +375,10 @@ def load_model(
                 "model folder: pass --trust_remote_code true only if you trust it."
             ) from None
         raise
+    if used == "4bit" and not torch.cuda.is_available():
+        from .bnb_cpu import keep_generic_cpu_path
+
+        notes += keep_generic_cpu_path(model)
     if used != "none" and for_training:
         from peft import prepare_model_for_kbit_training
 

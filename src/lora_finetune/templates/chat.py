@@ -82,6 +82,8 @@ class ChatTemplate:
                         "split into prompt and answer; use a chat template that writes tool calls after "
                         "the assistant's content (Qwen2.5/Qwen3, ChatGLM3)."
                     )
+        if tools or any(m.get("tool_calls") for m in chat):
+            self._check_writes_tools(_unmark(text, answers), tools, chat, record.get("source"))
         pieces = _MARK_RE.split(text)
         if len(pieces) != 2 * len(answers) + 1 or any(pieces[k] not in answers for k in range(1, len(pieces), 2)):
             raise ConfigError(
@@ -129,6 +131,24 @@ class ChatTemplate:
                     msg = {**msg, "content": mark}
             masked.append(msg)
         return self._render(masked, add_generation_prompt, tools), answers, gen_prompts
+
+    def _check_writes_tools(
+        self, rendered: str, tools: list | None, chat: list[dict[str, Any]], source: str | None
+    ) -> None:
+        """A chat template without tool support drops the tool definitions and the calls
+        silently (SmolLM2's does): the model would learn empty answers where it should call a
+        tool. Every tool's and every call's name must be in the rendered text."""
+        names = [t.get("function", t).get("name") for t in tools or [] if isinstance(t, dict)]
+        names += [c["function"]["name"] for m in chat for c in m.get("tool_calls") or []]
+        missing = sorted({n for n in names if isinstance(n, str) and n and n not in rendered})
+        if missing:
+            raise ConfigError(
+                f"{source or 'a record'} has tools or tool calls, and this model's chat template does not write "
+                "them (the rendered conversation lacks "
+                f"{', '.join(missing[:3])}), so the model would learn empty answers where it calls a tool. Train "
+                "tool-call data on a model whose chat template supports tools (Qwen2.5/Qwen3, ChatGLM3, GLM-4, "
+                "Llama 3.1), or drop the records with tools."
+            )
 
     def _generation_prompt(self, history: list[dict[str, Any]], tools: list | None = None) -> str:
         """The text the template adds to `history` to ask for the next answer."""

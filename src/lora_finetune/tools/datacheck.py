@@ -23,6 +23,7 @@ from typing import Any
 
 from ..choices import DATA_KINDS
 from ..data import demo_rows, detect_format, normalize_rows, record_kind
+from ..data.placeholders import placeholder_warning
 from ..data.sources import read_source
 from ..errors import DataError
 from ..folders import check_output_file
@@ -58,6 +59,8 @@ class DataReport:
     """What each sample is (a pair shows its chosen and its rejected answer as two samples)."""
     labels: dict[str, int] = field(default_factory=dict)
     """KTO: how many answers are desirable and undesirable."""
+    warnings: list[str] = field(default_factory=list)
+    """What would train but probably not as meant (placeholders such as {{name}} left in)."""
 
 
 def _percentile(values: list[int], q: float) -> int:
@@ -111,6 +114,9 @@ def check_data(
         samples=samples,
         sample_titles=titles,
     )
+    placeholders = placeholder_warning(records, source.label)
+    if placeholders:
+        report.warnings.append(placeholders)
     if kind == "kto":
         good = sum(bool(r["label"]) for r in records)
         report.labels = {"desirable": good, "undesirable": len(records) - good}
@@ -128,6 +134,8 @@ def _form(row: Any, kind: str, where: str, label: str) -> str:
     """The form a raw row is in: alpaca / messages / sharegpt for instructions and prompts, TRL's
     prompt fields, or text."""
     if kind == "instruction":
+        if isinstance(row, dict) and "prompt" in row and "completion" in row:
+            return "trl prompt-completion"
         return detect_format(row, where, label)
     if kind == "text":
         return "text"

@@ -159,9 +159,10 @@ class OverfitWarning(TrainerCallback):
             self.train.append((state.global_step, float(logs["loss"])))
         if isinstance(logs.get("eval_loss"), (int, float)):
             self.evals.append((state.global_step, float(logs["eval_loss"])))
-            self._check(args)
+            loader = kw.get("eval_dataloader")
+            self._check(args, getattr(loader, "dataset", None))
 
-    def _check(self, args: Any) -> None:
+    def _check(self, args: Any, eval_rows: Any = None) -> None:
         recent = [loss for _, loss in self.evals[-(self.rises + 1) :]]
         if self.warning or len(recent) < self.rises + 1 or any(b <= a for a, b in zip(recent, recent[1:])):
             return
@@ -170,9 +171,23 @@ class OverfitWarning(TrainerCallback):
         after = [loss for step, loss in self.train if step > start]
         if not before or not after or min(after) >= before[-1]:
             return
-        self.warning = (
+        from .dataset import too_small_to_choose_by
+
+        small = too_small_to_choose_by(eval_rows) if eval_rows is not None else None
+        rose = (
             f"eval loss rose {self.rises} evaluations in a row ({' -> '.join(f'{x:.3f}' for x in recent)}) "
-            f"while the train loss fell to {after[-1]:.3g}: the adapter is memorising the training data"
+            f"while the train loss fell to {after[-1]:.3g}"
+        )
+        if small:
+            # Advice to keep "the best" checkpoint would be advice to pick one by chance.
+            self.warning = (
+                f"{rose}: the adapter may be memorising the training data, but {small} are too few to tell; "
+                "hold out more data (eval_fraction) to judge it, or train fewer steps."
+            )
+            log.warning(self.warning)
+            return
+        self.warning = (
+            f"{rose}: the adapter is memorising the training data"
             + (
                 "; the best checkpoint is the one kept. To stop sooner, set early_stopping_patience; or "
                 "add data, or lower the learning rate."

@@ -24,9 +24,9 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    rates = [(h["step"], h["learning_rate"]) for h in log_history if "learning_rate" in h]
+    during, _ = split_final_eval(log_history)
+    series = loss_series(log_history)
+    train, evals, final, rates = series["train"], series["eval"], series["kept_eval"], series["learning_rate"]
     preference = any(k in h for h in log_history for k in PREFERENCE_KEYS)
     fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(11 if preference else 6, 4), dpi=100, squeeze=False)
     ax = axes[0][0]
@@ -36,6 +36,11 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | 
         ax.plot(*zip(*evals), label="eval loss", marker="o")
     if kept_step is not None:
         ax.axvline(kept_step, color="tab:green", linestyle="--", label=f"adapter = step {kept_step}")
+        if final is not None:
+            # The evaluation after training is of the adapter kept (step `kept_step`'s weights),
+            # not a later point of the eval curve: a marker of its own at that step.
+            ax.plot([kept_step], [final], marker="*", markersize=13, linestyle="none", color="tab:green",
+                    label=f"adapter kept: eval loss {final:.3f}")  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("loss (answer tokens)")
     ax.set_title("LoRA fine-tuning loss")
@@ -49,10 +54,34 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, kept_step: int | 
         handles, labels = handles + [line], labels + ["learning rate"]
     ax.legend(handles, labels, fontsize=8)
     if preference:
-        _plot_rewards(axes[0][1], log_history, kept_step)
+        _plot_rewards(axes[0][1], during, kept_step)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def loss_series(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the loss plot draws: (step, value) points of the train loss, the eval loss during
+    training and the learning rate, and the kept adapter's eval loss (None without one)."""
+    during, after = split_final_eval(log_history)
+    kept = [h["eval_loss"] for h in after if "eval_loss" in h]
+    return {
+        "train": [(h["step"], h["loss"]) for h in during if "loss" in h],
+        "eval": [(h["step"], h["eval_loss"]) for h in during if "eval_loss" in h],
+        "learning_rate": [(h["step"], h["learning_rate"]) for h in during if "learning_rate" in h],
+        "kept_eval": kept[-1] if kept else None,
+    }
+
+
+def split_final_eval(log_history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the entries logged while training, the evaluation of the kept adapter after it). The
+    Trainer logs its summary (`train_loss`, the mean over the run) when training ends; what
+    follows is the final evaluation, logged at the last step though it measures the kept
+    checkpoint's weights."""
+    for i, h in enumerate(log_history):
+        if "train_loss" in h:
+            return log_history[:i], log_history[i + 1 :]
+    return log_history, []
 
 
 PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")

@@ -57,7 +57,7 @@ from .callbacks import (
     last_complete_checkpoint,
 )
 from .continuation import continue_from
-from .dataset import prepare_data
+from .dataset import prepare_data, small_eval_warning
 from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
@@ -313,6 +313,9 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     # 2. Data.
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, padding_side="right")
     data = prepare_data(cfg, tokenizer, model_type)
+    small = small_eval_warning(cfg, data)
+    if small:
+        log.warning(small)
     if checkpoint_recipe is not None:
         _check_same_data(checkpoint_recipe, data.data_sha256, resume_from)
 

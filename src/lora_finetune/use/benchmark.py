@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, DataError
-from .evaluation import _adapter_off, _write_json
+from .evaluation import _adapter_off, _write_json, check_report_path
 
 if TYPE_CHECKING:
     from .inference import InferenceModel
@@ -455,20 +455,6 @@ def benchmark(
             log.warning("could not write the benchmark report %s: %s", path, e)
             path, error = None, f"{path}: {e.strerror or e}"
     return BenchmarkResult(report, path, rows, error)
-
-
-def check_report_path(path: str | Path | None) -> None:
-    """A --report that cannot be written is said before the run, not after it."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--report {path} is a folder; give a file path such as {path / 'bench.json'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--report {path}: {parent} is a file, not a folder; choose another path")
-            break
 
 
 def default_report_path(adapter_dir: str | Path | None, im: InferenceModel) -> Path:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..data import PadCollator
-from ..errors import DataError, LoraFinetuneError
+from ..errors import ConfigError, DataError, LoraFinetuneError
 from ..templates import IGNORE_INDEX, encode_records, user_text
 from .files import read_prompt_records
 from .inference import InferenceModel, generate, load_for_inference, prompt_record
@@ -285,6 +285,20 @@ def evaluate(
     return EvalResult(report, path)
 
 
+def check_report_path(path: str | Path | None) -> None:
+    """A --report that cannot be written is said before the run (minutes to hours), not after it."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--report {path} is a folder; give a file path such as {path / 'report.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--report {path}: {parent} is a file, not a folder; choose another path")
+            break
+
+
 def _write_json(obj: Any, path: Path) -> None:
     import os
     import uuid
@@ -301,6 +315,7 @@ def _write_json(obj: Any, path: Path) -> None:
 
 __all__ = [
     "METRICS",
+    "check_report_path",
     "METRIC_INFO",
     "EvalResult",
     "answer_loss",

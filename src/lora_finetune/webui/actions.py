@@ -3,25 +3,38 @@ CLI uses (data readers and templates for the data check, `tools.estimate`, `use.
 `use.evaluate`, `use.merge`, `export.export_model`), with every path from the page confined to
 the workdir first. Training goes through `jobs.py` (a `lora-finetune train` process).
 
-Errors are the package's `LoraFinetuneError`s, unchanged; app.py shows them on the page.
+Errors are the package's `LoraFinetuneError`s, unchanged (the web UI's own carry a Chinese text
+too, i18n.bilingual); app.py shows them on the page. Texts for the page take `lang` (i18n.LANGS).
+
+The memory estimate is for the device a run started now trains on (the training process sees the
+same devices as this server): GPU memory on CUDA; on a CPU the resident memory (RSS) the run's
+memory planning counts (training/planning.py), against the RAM available.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
+import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError, ModelError
 from ..folders import is_complete
+from .i18n import ANSWERS_ZH, DATA_KINDS_ZH, ZH, bilingual, estimate_row, t
 from .jobs import Job, JobManager
 from .paths import Workdir
+
+if TYPE_CHECKING:
+    from ..tools.estimate import Estimate
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +70,135 @@ MORE_FIELDS = (
     "gradient_accumulation_steps",
     "seed",
 )
-ESTIMATE_FIELDS = ("batch_size", "max_length", "r", "quantization", "dtype", "gradient_checkpointing")
+ESTIMATE_FIELDS = (
+    "method",
+    "batch_size",
+    "max_length",
+    "r",
+    "quantization",
+    "dtype",
+    "gradient_checkpointing",
+    "dropout",
+)
+"""The settings the memory estimate depends on (it follows them live)."""
+
+
+@dataclass
+class MemoryEstimate:
+    """The memory panel's numbers: the peak of a run's training step on the device it will use."""
+
+    device: str
+    """`cuda` or `cpu` (`training_device`)."""
+    estimate: Estimate
+    sequences_per_sample: int = 1
+    """A preference pair (or KTO's answer and its KL partner) puts two sequences through the model."""
+    rss_factor: float = 1.0
+    """CPU: the allocator's factor on activations and logits the run's planning applies (`run_rss_factor`)."""
+    available: float | None = None
+    """Bytes free now: the GPU's free memory, or the RAM available (MemAvailable); None: unknown."""
+    device_name: str = ""
+
+    @property
+    def needed(self) -> float:
+        """What the run's memory planning compares with the free memory (training/planning.py)."""
+        e = self.estimate
+        return e.total + (self.rss_factor - 1) * (e.activations + e.logits)
+
+
+def training_device() -> str:
+    """Where a run started from the page trains: `cuda` when torch sees a GPU, else `cpu`."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_rss_factor(env: dict[str, str] | None = None) -> float:
+    """The allocator factor a CPU run started from the page plans with (allocator.rss_factor in
+    the training process): 1 under tcmalloc, which `lora-finetune train` preloads where installed
+    (cli.preload_tcmalloc) or which LD_PRELOAD names; glibc's GLIBC_RSS_FACTOR otherwise."""
+    from ..allocator import ALLOCATOR_ENV, find_tcmalloc, names_allocator, rss_factor
+
+    env = dict(os.environ) if env is None else env
+    if names_allocator(env.get("LD_PRELOAD", "")):
+        return 1.0
+    if env.get(ALLOCATOR_ENV, "auto").strip().lower() == "auto" and sys.platform == "linux" and find_tcmalloc():
+        return 1.0
+    return rss_factor(False)
+
+
+def _auto_dtype(on_gpu: bool) -> str:
+    """models.pick_dtype's `auto`: bf16 (fp16 without support) on a GPU, fp32 on a CPU."""
+    if not on_gpu:
+        return "fp32"
+    import torch
+
+    try:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    except Exception:  # noqa: BLE001 (no answer from the driver: bf16 and fp16 weigh the same)
+        return "bf16"
+
+
+def _available(on_gpu: bool) -> tuple[float | None, str]:
+    """(free bytes now, the GPU's name): what `memory_budget: auto` would be (training/planning.py)."""
+    from ..training.planning import free_memory
+
+    try:
+        free = free_memory(on_gpu)
+    except Exception as e:  # noqa: BLE001 (the panel then shows no budget)
+        log.debug("free memory unknown", exc_info=e)
+        free = None
+    name = ""
+    if on_gpu:
+        import torch
+
+        try:
+            name = torch.cuda.get_device_name()
+        except Exception:  # noqa: BLE001
+            name = "GPU"
+    return free, name
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def format_memory(m: MemoryEstimate, lang: str = "English") -> str:
+    """The memory panel: the headline (GPU memory, or CPU memory as RSS), then the estimate's rows."""
+    from ..tools.estimate import GiB
+
+    est, gpu = m.estimate, m.device == "cuda"
+    s = est.setup
+    setup = t("est_setup", lang, weights=s.quantization if s.quantization != "none" else s.dtype, r=s.r,
+              batch=s.batch_size // m.sequences_per_sample, length=s.max_length)  # fmt: skip
+    if m.sequences_per_sample > 1:
+        setup += t("est_sequences", lang, n=m.sequences_per_sample)
+    if s.gradient_checkpointing:
+        setup += t("est_checkpointing", lang)
+    free = ""
+    if m.available is not None:
+        free = t("est_gpu_free" if gpu else "est_cpu_free", lang, free=m.available / GiB, name=m.device_name)
+    lines = [t("est_gpu" if gpu else "est_cpu", lang, need=m.needed / GiB, free=free, setup=setup)]
+
+    def row(name: str, value: float, why: str = "") -> None:
+        lines.append(f"  {_pad(name, 40)} {value / GiB:7.2f} GiB  {why}".rstrip())
+
+    for name, value, why in est.rows():
+        if gpu or value > 0 or name != "overhead":
+            shown, why = estimate_row(name, why, lang)
+            row(shown, value, why)
+    row(t("est_peak_gpu" if gpu else "est_peak_cpu", lang), est.peak_allocated)
+    if m.rss_factor > 1:
+        row(t("est_malloc", lang, factor=m.rss_factor), m.needed - est.total)
+    row(t("est_total", lang), m.needed)
+    if not gpu:
+        lines.append(t("est_cpu_note", lang))
+    if m.available is not None and m.needed > m.available:
+        lines.append(t("est_too_big", lang))
+    return "\n".join(lines)
 
 
 @dataclass
@@ -91,7 +232,10 @@ class WebUI:
 
         name = str(text or "").strip()
         if not name:
-            raise ConfigError("The base model is empty. Give smollm2-135m-instruct, a hub id, or a model folder.")
+            raise bilingual(
+                ConfigError("The base model is empty. Give smollm2-135m-instruct, a hub id, or a model folder."),
+                "基础模型为空。请填写 smollm2-135m-instruct、Hub ID 或模型文件夹。",
+            )
         if name.lower() in BUNDLED_ALIASES:
             return name
         if looks_like_path(name) or (self.wd.root / name).exists() or Path(name).is_absolute():
@@ -103,17 +247,24 @@ class WebUI:
             return None
         path = self.wd.resolve(str(text), "data file")
         if not path.is_file():
-            raise ConfigError(
-                f"The data file {text!r} is a folder, not a file. Pick a .jsonl/.json/.csv/.parquet file."
+            raise bilingual(
+                ConfigError(f"The data file {text!r} is a folder, not a file. Pick a .jsonl/.json/.csv/.parquet file."),
+                f"数据文件 {text!r} 是文件夹，不是文件。请选择 .jsonl/.json/.csv/.parquet 文件。",
             )
         return path
 
     def adapter(self, text: str) -> Path:
         if not str(text or "").strip():
-            raise ConfigError("No adapter chosen. Train one first (Train tab), or press Refresh list.")
+            raise bilingual(
+                ConfigError("No adapter chosen. Train one first (Train tab), or press Refresh list."),
+                "没有选择适配器。请先训练一个（训练页），或点击“刷新列表”。",
+            )
         path = self.wd.resolve(text, "adapter folder")
         if not path.is_dir():
-            raise ConfigError(f"{text!r} is not an adapter folder. Choose a finished run from the list.")
+            raise bilingual(
+                ConfigError(f"{text!r} is not an adapter folder. Choose a finished run from the list."),
+                f"{text!r} 不是适配器文件夹。请从列表中选择一个已完成的运行。",
+            )
         return path
 
     # ------------------------------------------------------------------ lists for dropdowns
@@ -127,11 +278,11 @@ class WebUI:
     def data_files(self) -> list[str]:
         return self.wd.listing(self.wd.data, DATA_SUFFIXES)
 
-    def model_choices(self) -> list[tuple[str, str]]:
+    def model_choices(self, lang: str = "English") -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         for a in self.adapters():
             name = Path(a).name
-            out += [(name, ADAPTER_PREFIX + a), (f"{name}: base model", BASE_PREFIX + a)]
+            out += [(name, ADAPTER_PREFIX + a), (t("base_model_of", lang, name=name), BASE_PREFIX + a)]
         return out
 
     # ------------------------------------------------------------------ train
@@ -185,6 +336,7 @@ class WebUI:
         trust_remote_code: bool = False,
         n: int = 3,
         method: str = "sft",
+        lang: str = "English",
     ) -> DataPreview:
         """What training will see: the records read as training reads them, encoded by the
         template training would use, with the tokens it learns marked (a preference pair shows
@@ -209,39 +361,64 @@ class WebUI:
         name = template_name_for(template or "auto", tokenizer, model_type)
         tpl = template_for(name, tokenizer, model_type, system_prompt or None)
         _, stats = encode_kind(kind, records, tokenizer, tpl, int(max_length))
-        where = self.wd.relative(data_path) if data_path else f"the demo data ({KIND_NAMES[kind]})"
+        kind_name = DATA_KINDS_ZH.get(kind, KIND_NAMES[kind]) if lang == ZH else KIND_NAMES[kind]
+        where = self.wd.relative(data_path) if data_path else t("demo_data", lang, kind=kind_name)
         methods = " / ".join(m for m, k in METHOD_KIND.items() if k == kind)
-        text = (
-            f"{where}: {len(records)} records of {KIND_NAMES[kind]} (method {methods}), template `{name}`\n"
-            f"{stats.summary(int(max_length))}"
-        )
+        text = t("data_header", lang, where=where, n=len(records), kind=kind_name, methods=methods, template=name)
+        if lang == ZH:
+            text += "\n" + t("data_summary", lang, kept=stats.kept, total=stats.total, answer=stats.answer_tokens,
+                             prompt=stats.prompt_tokens, longest=stats.longest)  # fmt: skip
+            if stats.too_long:
+                text += t("data_too_long", lang, n=stats.too_long, max_length=int(max_length))
+        else:
+            text += "\n" + stats.summary(int(max_length))
         pieces: list[tuple[str, str | None]] = []
         rendered, titles = render_samples(records[:n], tpl)
+        learned = t("learned", lang)
         for title, segments in zip(titles, rendered):
-            pieces.append((f"── {title} ──\n", None))
-            pieces += [(seg_text, "learned" if learn else None) for seg_text, learn in segments]
+            pieces.append((f"── {sample_title(title, lang)} ──\n", None))
+            pieces += [(seg_text, learned if learn else None) for seg_text, learn in segments]
             pieces.append(("\n\n", None))
         return DataPreview(text, pieces)
 
-    def estimate(self, model: str, settings: dict[str, Any], trust_remote_code: bool = False) -> str:
-        """`lora-finetune estimate` for the settings on the page (GPU memory)."""
-        from ..tools.estimate import GiB, Setup, estimate_memory, format_estimate, load_shape
+    def memory_estimate(self, model: str, settings: dict[str, Any], trust_remote_code: bool = False) -> MemoryEstimate:
+        """The peak the run's memory planning (training/planning.py) estimates for the settings on
+        the page, on the device it will train on: its dtype `auto`, its method's sequences per
+        sample, and on a CPU the allocator's factor. Samples are counted at max_length (planning
+        takes the longest sample of the data: the same or less)."""
+        from ..tools.estimate import Setup, estimate_memory, load_shape
+        from ..training.stages import STAGES
 
         name = self.model_name(model)
         with self._build_lock:
             if name not in self._shapes:
                 self._shapes[name] = load_shape(name, trust_remote_code=trust_remote_code)
-        dtype = settings.get("dtype") or "auto"
+        device = training_device()
+        on_gpu = device == "cuda"
+        dtype = str(settings.get("dtype") or "auto")
+        stage = STAGES.get(str(settings.get("method") or "sft")) or STAGES["sft"]
+        dropout = settings.get("dropout")
         setup = Setup(
             quantization=settings.get("quantization") or "none",
-            dtype="bf16" if dtype == "auto" else str(dtype),
+            dtype=_auto_dtype(on_gpu) if dtype == "auto" else dtype,
             r=int(settings.get("r") or 8),
-            batch_size=int(settings.get("batch_size") or 1),
+            batch_size=int(settings.get("batch_size") or 1) * stage.sequences_per_sample,
             max_length=int(settings.get("max_length") or 768),
             gradient_checkpointing=bool(settings.get("gradient_checkpointing")),
+            dropout=0.05 if dropout is None or dropout == "" else float(dropout),
+            device=device,
+            fused_logits=stage.fused_logits,
         )
         est = estimate_memory(self._shapes[name], setup)
-        return f"≈ {est.total / GiB:.2f} GiB GPU memory ({setup.describe()})\n" + format_estimate(est)
+        available, device_name = _available(on_gpu)
+        factor = 1.0 if on_gpu else run_rss_factor()
+        return MemoryEstimate(device, est, stage.sequences_per_sample, factor, available, device_name)
+
+    def estimate(
+        self, model: str, settings: dict[str, Any], trust_remote_code: bool = False, lang: str = "English"
+    ) -> str:
+        """The memory panel's text (`lora-finetune estimate`, for the device the run will use)."""
+        return format_memory(self.memory_estimate(model, settings, trust_remote_code), lang)
 
     # ------------------------------------------------------------------ chat
     def load(self, choice: str) -> tuple[Any, threading.Lock]:
@@ -270,7 +447,9 @@ class WebUI:
         from ..use.chat import ChatSession
 
         if not str(message or "").strip():
-            raise ConfigError("The message is empty: type something to send.")
+            raise bilingual(
+                ConfigError("The message is empty: type something to send."), "消息为空：请输入要发送的内容。"
+            )
         settings.check()
         im, lock = self.load(choice)
         past = [{"role": m["role"], "content": _text(m.get("content")), "input": ""} for m in history]
@@ -317,7 +496,10 @@ class WebUI:
         folder = self.adapter(adapter)
         data_path = self.data_path(data)
         if data_path is None:
-            raise ConfigError("Choose the evaluation data: a file with reference answers in the workdir.")
+            raise bilingual(
+                ConfigError("Choose the evaluation data: a file with reference answers in the workdir."),
+                "请选择评估数据：工作目录中带参考答案的文件。",
+            )
         _, records = read_prompt_records(data_path, kinds=("instruction", "preference"))
         pairs = bool(records) and record_kind(records[0]) == "preference"
         report = self.wd.state / "eval" / f"{folder.name}-{data_path.stem}.json"
@@ -376,7 +558,9 @@ class WebUI:
         return bench.table(res.rows), where
 
     # ------------------------------------------------------------------ export
-    def export(self, adapter: str, kind: str, name: str, outtype: str = "f16", overwrite: bool = False) -> str:
+    def export(
+        self, adapter: str, kind: str, name: str, outtype: str = "f16", overwrite: bool = False, lang: str = "English"
+    ) -> str:
         """`lora-finetune merge` or `lora-finetune export --format KIND` into exports/NAME."""
         folder = self.adapter(adapter)
         out = self.wd.export_dir(name)
@@ -385,21 +569,35 @@ class WebUI:
 
             with self._build_lock:
                 res = merge(folder, out, overwrite=overwrite)
-            lines = [f"Merged {self.wd.relative(folder)} into {res.base_model} -> {out} ({res.dtype})"]
-            lines += [f"Note: {n}" for n in res.notes]
+            lines = [t("merged", lang, adapter=self.wd.relative(folder), base=res.base_model, out=out, dtype=res.dtype)]
+            lines += [t("note", lang, note=n) for n in res.notes]
         else:
             from ..export import export_model
 
             with self._build_lock:
                 exp = export_model(folder, out, format=kind, outtype=outtype, overwrite=overwrite)
-            lines = [f"Wrote {exp.format} ({exp.outtype}, {exp.architecture}) to {out}:"]
+            lines = [t("wrote", lang, format=exp.format, outtype=exp.outtype, arch=exp.architecture, out=out)]
             lines += [f"  {f}" for f in exp.files]
-            lines += [f"Note: {n}" for n in exp.notes]
+            lines += [t("note", lang, note=n) for n in exp.notes]
             if exp.ollama_command:
-                lines.append(f"Ollama: {exp.ollama_command}")
+                lines.append(t("ollama_command", lang, command=exp.ollama_command))
         if not out.is_dir():
-            raise ModelError(f"The export finished but {out} is missing; see the server log.")
+            raise bilingual(
+                ModelError(f"The export finished but {out} is missing; see the server log."),
+                f"导出已结束，但 {out} 不存在；请查看服务器日志。",
+            )
         return "\n".join(lines)
+
+
+SAMPLE_TITLE = re.compile(r"sample (\d+)(?: \((\w+)\))?")
+
+
+def sample_title(title: str, lang: str) -> str:
+    """tools.datacheck's `sample 2 (chosen)` in the page's language."""
+    m = SAMPLE_TITLE.fullmatch(title)
+    if lang != ZH or not m:
+        return title
+    return t("sample_title", lang, i=m[1]) + (f"（{ANSWERS_ZH.get(m[2], m[2])}）" if m[2] else "")
 
 
 def _worst(report: dict[str, Any], pairs: bool, n: int) -> list[list[Any]]:
@@ -434,4 +632,15 @@ def default_settings() -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in (*TRAIN_FIELDS, *MORE_FIELDS)}
 
 
-__all__ = ["DataPreview", "MORE_FIELDS", "TRAIN_FIELDS", "WebUI", "default_settings"]
+__all__ = [
+    "DataPreview",
+    "ESTIMATE_FIELDS",
+    "MORE_FIELDS",
+    "MemoryEstimate",
+    "TRAIN_FIELDS",
+    "WebUI",
+    "default_settings",
+    "format_memory",
+    "run_rss_factor",
+    "training_device",
+]

@@ -2,6 +2,8 @@
 
 Every handler calls `actions.WebUI` (the package functions the CLI calls); a `LoraFinetuneError`
 becomes a readable `gr.Error` (or the status box, for a training process), never a traceback.
+Every handler gets the language radio's value first, so that what it writes (and its errors) is
+in the page's language (i18n.py); switching the language relabels every component.
 """
 
 from __future__ import annotations
@@ -11,36 +13,45 @@ import html
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from ..choices import DATA_FORMATS, DTYPES, EXPORT_FORMATS, EXPORT_OUTTYPES, METHODS, QUANTIZATIONS, TEMPLATES
-from ..config import FIELD_DOCS
 from ..errors import LoraFinetuneError
-from .actions import ESTIMATE_FIELDS, MORE_FIELDS, TRAIN_FIELDS, WebUI, default_settings
-from .i18n import LANGS, state_text, t
+from .actions import ESTIMATE_FIELDS, MORE_FIELDS, TRAIN_FIELDS, WebUI, default_settings, training_device
+from .i18n import LANGS, ZH, bilingual, columns, error_text, setting_info, setting_label, state_text, t
 from .paths import Workdir
 
 log = logging.getLogger(__name__)
-EMPTY_ANSWER = "(no text: the answer held only special tokens; try temperature > 0 or train longer)"
 
 
 # --------------------------------------------------------------------------- errors
-def _page_error(e: BaseException) -> gr.Error:
+def page_message(e: BaseException, lang: str = "English") -> str:
+    """An exception as the page says it: the package's message (in 中文 mode its Chinese text,
+    or `出错：` and the English one); a bug in words, its traceback only in the server's log."""
     if isinstance(e, LoraFinetuneError):
-        text = str(e)
-    else:  # a bug: the page says so in words, the server log keeps the traceback
-        log.error("web UI handler failed", exc_info=e)
-        first = str(e).splitlines()[0][:200] if str(e) else "no message"
-        text = (
-            f"Unexpected error ({type(e).__name__}: {first}). The traceback is in the server's log; please report it."
-        )
-    return gr.Error(html.escape(text).replace("\n", "<br>"), duration=None, print_exception=False)
+        return error_text(e, lang)
+    log.error("web UI handler failed", exc_info=e)
+    first = str(e).splitlines()[0][:200] if str(e) else t("no_message", lang)
+    return t("error_lead", lang) + t("unexpected", lang, kind=type(e).__name__, first=first)
+
+
+def _page_error(e: BaseException, lang: str = "English") -> gr.Error:
+    text = page_message(e, lang)
+    return gr.Error(
+        html.escape(text).replace("\n", "<br>"), duration=None, print_exception=False, title=t("error_title", lang)
+    )
+
+
+def _lang_of(args: tuple) -> str:
+    return args[0] if args and isinstance(args[0], str) and args[0] in LANGS else "English"
 
 
 def friendly(fn):
-    """Turn the package's errors into a message on the page (functions and generators)."""
+    """Turn the package's errors into a message on the page (functions and generators), in the
+    page's language: a handler's first argument is the language radio's value."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -50,7 +61,7 @@ def friendly(fn):
             except gr.Error:
                 raise
             except Exception as e:
-                raise _page_error(e) from None
+                raise _page_error(e, _lang_of(args)) from None
 
         return gen
 
@@ -61,14 +72,16 @@ def friendly(fn):
         except gr.Error:
             raise
         except Exception as e:
-            raise _page_error(e) from None
+            raise _page_error(e, _lang_of(args)) from None
 
     return call
 
 
 # --------------------------------------------------------------------------- settings widgets
 def _setting(name: str, value: Any) -> gr.components.Component:
-    info = " ".join(FIELD_DOCS.get(name, "").split())
+    """A training setting's widget: the config key as its label (with its Chinese name in 中文
+    mode), the config's field doc as its help."""
+    info = setting_info(name, "English")
     choices = {
         "template": TEMPLATES,
         "quantization": QUANTIZATIONS,
@@ -76,7 +89,7 @@ def _setting(name: str, value: Any) -> gr.components.Component:
         "data_format": DATA_FORMATS,
         "method": METHODS,
     }.get(name)
-    kw = dict(label=name, info=info, elem_id=f"set-{name}")
+    kw = dict(label=setting_label(name, "English"), info=info, elem_id=f"set-{name}")
     if choices:
         return gr.Dropdown(list(choices), value=value, **kw)
     if isinstance(value, bool):
@@ -90,13 +103,14 @@ def _setting(name: str, value: Any) -> gr.components.Component:
 
 def _progress_html(prog: Any, lang: str) -> str:
     pct = int(round(100 * prog.fraction))
-    eta = f" · ETA {prog.eta}" if prog.eta and prog.state == "running" else ""
-    steps = f"step {prog.step}/{prog.total} ({pct}%)" if prog.total else ""
+    eta = " · " + t("eta", lang, eta=prog.eta) if prog.eta and prog.state == "running" else ""
+    steps = t("progress_steps", lang, step=prog.step, total=prog.total, pct=pct) if prog.total else ""
     rewards = ""
-    for split, label in (("train", "train"), ("eval", "held-out")):
+    for split in ("train", "eval"):
         if prog.rewards.get(split):  # preference methods: the latest reward accuracy and margin
             _, acc, margin = prog.rewards[split][-1]
-            rewards += f" · {label} reward acc {acc:.2f}" + (f", margin {margin:.3f}" if margin is not None else "")
+            rewards += " · " + t("rewards", lang, split=t(f"split_{split}", lang), acc=acc)
+            rewards += t("reward_margin", lang, margin=margin) if margin is not None else ""
     return (
         f'<div id="train-progress-state" data-state="{prog.state}" data-step="{prog.step}" data-total="{prog.total}">'
         f"<b>{html.escape(state_text(prog.state, lang))}</b> {steps}{eta}"
@@ -106,23 +120,41 @@ def _progress_html(prog: Any, lang: str) -> str:
     )
 
 
-def _curve(prog: Any):
+def _curve(prog: Any, lang: str = "English"):
     import pandas as pd
 
-    rows = [(s, v, "train") for s, v in prog.train] + [(s, v, "eval") for s, v in prog.eval]
+    train, held_out = t("curve_train", lang), t("curve_eval", lang)
+    rows = [(s, v, train) for s, v in prog.train] + [(s, v, held_out) for s, v in prog.eval]
     # preference methods: the reward accuracy (0-1) beside their loss (0-0.7 at the start)
-    rows += [(s, acc, f"reward acc ({split})") for split, points in prog.rewards.items() for s, acc, _ in points]
+    rows += [
+        (s, acc, t("curve_reward", lang, split=train if split == "train" else held_out))
+        for split, points in prog.rewards.items()
+        for s, acc, _ in points
+    ]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def _table(rows: list[list[Any]], lang: str):
+    """A header row and its rows as a DataFrame, the header in the page's language."""
+    import pandas as pd
+
+    return pd.DataFrame(rows[1:], columns=columns(rows[0], lang))
+
+
+def _export_kinds(lang: str) -> list[tuple[str, str]]:
+    return [(t(f"kind_{k}", lang), k) for k in ("merge", *EXPORT_FORMATS)]
 
 
 # --------------------------------------------------------------------------- the page
 def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
     ui = ui or WebUI(workdir)
     defaults = default_settings()
-    labeled: list[tuple[Any, str, str]] = []  # (component, label key, attribute to set)
+    on_gpu = training_device() == "cuda"
+    # (component, the update for a language): what the language switch changes
+    labeled: list[tuple[Any, Callable[[str], dict[str, Any]]]] = []
 
     def L(comp: Any, key: str, attr: str = "label") -> Any:
-        labeled.append((comp, key, attr))
+        labeled.append((comp, lambda lang: {attr: t(key, lang)}))
         return comp
 
     with gr.Blocks(title="lora-finetune") as demo:
@@ -153,7 +185,10 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 )
                 samples = L(
                     gr.HighlightedText(
-                        label=t("samples"), color_map={"learned": "green"}, combine_adjacent=True, elem_id="samples"
+                        label=t("samples"),
+                        color_map={t("learned", lang): "green" for lang in LANGS},
+                        combine_adjacent=True,
+                        elem_id="samples",
                     ),
                     "samples",
                 )
@@ -166,9 +201,18 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     with gr.Row():
                         for name in MORE_FIELDS:
                             settings[name] = _setting(name, defaults[name])
-                estimate = L(
-                    gr.Textbox(label=t("estimate"), lines=3, interactive=False, elem_id="estimate"), "estimate"
-                )
+                for name, comp in settings.items():
+                    labeled.append(
+                        (
+                            comp,
+                            lambda lang, name=name: {
+                                "label": setting_label(name, lang),
+                                "info": setting_info(name, lang),
+                            },
+                        )
+                    )
+                est_key = "estimate_gpu" if on_gpu else "estimate_cpu"
+                estimate = L(gr.Textbox(label=t(est_key), lines=3, interactive=False, elem_id="estimate"), est_key)
                 with gr.Row():
                     overwrite = L(gr.Checkbox(False, label=t("overwrite"), elem_id="overwrite"), "overwrite")
                     start = L(gr.Button(t("start"), variant="primary", elem_id="start"), "start", "value")
@@ -176,9 +220,24 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     resume = L(gr.Button(t("resume"), elem_id="resume"), "resume", "value")
                 status = L(gr.Textbox(label=t("status"), lines=2, interactive=False, elem_id="train-status"), "status")
                 progress = gr.HTML(_progress_html(ui.jobs.progress(""), "English"), elem_id="train-progress")
-                curve = L(
-                    gr.LinePlot(x="step", y="loss", color="split", label=t("loss_curve"), elem_id="loss-plot"),
-                    "loss_curve",
+                curve = gr.LinePlot(
+                    x="step",
+                    y="loss",
+                    color="split",
+                    label=t("loss_curve"),
+                    x_title=t("step"),
+                    y_title=t("loss"),
+                    elem_id="loss-plot",
+                )
+                labeled.append(
+                    (
+                        curve,
+                        lambda lang: {
+                            "label": t("loss_curve", lang),
+                            "x_title": t("step", lang),
+                            "y_title": t("loss", lang),
+                        },
+                    )
                 )
                 logbox = L(
                     gr.Textbox(label=t("log"), lines=10, max_lines=20, interactive=False, elem_id="train-log"), "log"
@@ -188,8 +247,18 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             # ------------------------------------------------------------- chat
             with L(gr.Tab(t("tab_chat"), id="chat", elem_id="tab-chat"), "tab_chat"):
                 with gr.Row():
-                    model_a = L(gr.Dropdown([], label=t("model_a"), elem_id="model-a"), "model_a")
-                    model_b = L(gr.Dropdown([], label=t("model_b"), elem_id="model-b"), "model_b")
+                    model_a = gr.Dropdown([], label=t("model_a"), elem_id="model-a")
+                    model_b = gr.Dropdown([], label=t("model_b"), elem_id="model-b")
+                    # relabelled with the language: the same values, so the choice is kept
+                    labeled.append(
+                        (model_a, lambda lang: {"label": t("model_a", lang), "choices": ui.model_choices(lang)})
+                    )
+                    labeled.append(
+                        (
+                            model_b,
+                            lambda lang: {"label": t("model_b", lang), "choices": [("—", ""), *ui.model_choices(lang)]},
+                        )
+                    )
                     refresh = L(gr.Button(t("refresh"), elem_id="refresh-models", scale=0), "refresh", "value")
                 system = L(gr.Textbox("", label=t("system"), elem_id="system"), "system")
                 with L(gr.Accordion(t("generation"), open=False), "generation"):
@@ -233,15 +302,8 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     eval_loss = L(gr.Checkbox(False, label=t("loss_only")), "loss_only")
                     run_eval = L(gr.Button(t("run_eval"), variant="primary", elem_id="run-eval"), "run_eval", "value")
                 eval_metrics = L(gr.Dataframe(label=t("metrics"), elem_id="eval-metrics"), "metrics")
-                eval_worst = L(
-                    gr.Dataframe(
-                        headers=["question", "reference", "prediction", "rouge-l"],
-                        label=t("worst"),
-                        elem_id="eval-worst",
-                    ),
-                    "worst",
-                )
-                eval_report = gr.Textbox(label="report", interactive=False, elem_id="eval-report")
+                eval_worst = L(gr.Dataframe(label=t("worst"), elem_id="eval-worst"), "worst")
+                eval_report = L(gr.Textbox(label=t("report"), interactive=False, elem_id="eval-report"), "report")
                 with L(gr.Accordion(t("bench"), open=False, elem_id="bench"), "bench"):
                     with gr.Row():
                         bench_tasks = L(
@@ -255,19 +317,27 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                             gr.Button(t("run_bench"), variant="primary", elem_id="run-bench"), "run_bench", "value"
                         )
                     bench_table = L(gr.Dataframe(label=t("bench_table"), elem_id="bench-table"), "bench_table")
-                    bench_report = gr.Textbox(label="report", interactive=False, elem_id="bench-report")
+                    bench_report = L(gr.Textbox(label=t("report"), interactive=False, elem_id="bench-report"), "report")
 
             # ------------------------------------------------------------- export
             with L(gr.Tab(t("tab_export"), id="export", elem_id="tab-export"), "tab_export"):
                 with gr.Row():
                     exp_adapter = L(gr.Dropdown([], label=t("adapter"), elem_id="export-adapter"), "adapter")
-                    exp_kind = L(
-                        gr.Radio(["merge", *EXPORT_FORMATS], value="merge", label=t("export_kind")), "export_kind"
+                    exp_kind = gr.Radio(
+                        _export_kinds("English"), value="merge", label=t("export_kind"), elem_id="export-kind"
                     )
-                    exp_outtype = L(gr.Dropdown(list(EXPORT_OUTTYPES), value="f16", label=t("outtype")), "outtype")
+                    labeled.append(
+                        (exp_kind, lambda lang: {"label": t("export_kind", lang), "choices": _export_kinds(lang)})
+                    )
+                    exp_outtype = L(
+                        gr.Dropdown(list(EXPORT_OUTTYPES), value="f16", label=t("outtype"), elem_id="export-outtype"),
+                        "outtype",
+                    )
                 with gr.Row():
                     exp_name = L(gr.Textbox("merged", label=t("export_name"), elem_id="export-name"), "export_name")
-                    exp_over = L(gr.Checkbox(False, label=t("overwrite")), "overwrite")
+                    exp_over = L(
+                        gr.Checkbox(False, label=t("overwrite_export"), elem_id="export-overwrite"), "overwrite_export"
+                    )
                     run_exp = L(
                         gr.Button(t("run_export"), variant="primary", elem_id="run-export"), "run_export", "value"
                     )
@@ -277,6 +347,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 )
 
         # ================================================================= handlers
+        # Every handler's first input is the language (friendly() reads it for its errors).
         names = list(settings)
         setting_inputs = [settings[n] for n in names]
 
@@ -285,7 +356,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
 
         # --- data: upload -> data/, then the check
         @friendly
-        def on_upload(file: Any) -> tuple[str, None]:
+        def on_upload(lang_v: str, file: Any) -> tuple[str, None]:
             """The file lands in data/ and its path in the box; the upload widget is emptied for the next one."""
             if file is None:
                 return gr.skip(), None
@@ -300,7 +371,7 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             return ui.wd.relative(dst), None
 
         @friendly
-        def on_check(model_v, data_v, trust_v, *values):
+        def on_check(lang_v, model_v, data_v, trust_v, *values):
             s = collect(values)
             prev = ui.data_preview(
                 model_v,
@@ -311,52 +382,58 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 data_format=s.get("data_format") or "auto",
                 trust_remote_code=trust_v,
                 method=s.get("method") or "sft",
+                lang=lang_v,
             )
             return prev.stats, prev.samples
 
-        upload.upload(on_upload, upload, [data, upload]).success(
-            on_check, [model, data, trust, *setting_inputs], [stats, samples]
+        upload.upload(on_upload, [lang, upload], [data, upload]).success(
+            on_check, [lang, model, data, trust, *setting_inputs], [stats, samples]
         )
-        check.click(on_check, [model, data, trust, *setting_inputs], [stats, samples])
+        check.click(on_check, [lang, model, data, trust, *setting_inputs], [stats, samples])
 
-        # --- estimate, live
-        def on_estimate(model_v, trust_v, *values):
+        # --- estimate, live (and again when the language changes)
+        def on_estimate(lang_v, model_v, trust_v, *values):
             try:
-                return ui.estimate(model_v, collect(values), trust_remote_code=trust_v)
+                return ui.estimate(model_v, collect(values), trust_remote_code=trust_v, lang=lang_v)
             except LoraFinetuneError as e:  # typed half-way: the box says why, no pop-up
-                return f"(no estimate: {e})"
+                return t("no_estimate", lang_v, error=error_text(e, lang_v))
             except Exception as e:
                 log.debug("estimate failed", exc_info=e)
-                return f"(no estimate: {type(e).__name__}: {e})"
+                return t("no_estimate", lang_v, error=t("error_lead", lang_v) + f"{type(e).__name__}: {e}")
 
-        est_inputs = [model, trust, *setting_inputs]
+        est_inputs = [lang, model, trust, *setting_inputs]
         for comp in [model, *(settings[n] for n in ESTIMATE_FIELDS)]:
             comp.change(on_estimate, est_inputs, estimate, show_progress="hidden")
         demo.load(on_estimate, est_inputs, estimate, show_progress="hidden")
 
         # --- start / stop / resume, and the view of the run
         @friendly
-        def on_start(name_v, model_v, data_v, trust_v, over_v, lang_v, *values):
+        def on_start(lang_v, name_v, model_v, data_v, trust_v, over_v, *values):
             job = ui.start(name_v, model_v, data_v, collect(values), trust_remote_code=trust_v, overwrite=over_v)
-            where = f"{ui.wd.relative(job.output_dir)} (log {ui.wd.relative(job.log_path)})"
-            return f"{state_text('starting', lang_v)}: {where}"
+            return t(
+                "starting_at",
+                lang_v,
+                state=state_text("starting", lang_v),
+                where=ui.wd.relative(job.output_dir),
+                log=ui.wd.relative(job.log_path),
+            )
 
         @friendly
-        def on_resume(name_v, model_v, data_v, trust_v, over_v, lang_v, *values):
+        def on_resume(lang_v, name_v, model_v, data_v, trust_v, over_v, *values):
             job = ui.resume(name_v, model_v, data_v, collect(values), trust_remote_code=trust_v)
-            return f"{state_text('starting', lang_v)} (--resume): {ui.wd.relative(job.output_dir)}"
+            return t("resuming_at", lang_v, state=state_text("starting", lang_v), where=ui.wd.relative(job.output_dir))
 
         @friendly
-        def on_stop(name_v, lang_v):
+        def on_stop(lang_v, name_v):
             ui.stop(name_v)
             return state_text("stopping", lang_v)
 
-        run_inputs = [run_name, model, data, trust, overwrite, lang, *setting_inputs]
+        run_inputs = [lang, run_name, model, data, trust, overwrite, *setting_inputs]
         start.click(on_start, run_inputs, status)
         resume.click(on_resume, run_inputs, status)
-        stop.click(on_stop, [run_name, lang], status)
+        stop.click(on_stop, [lang, run_name], status)
 
-        def on_tick(name_v, lang_v, status_v):
+        def on_tick(lang_v, name_v, status_v):
             try:
                 name_v = ui.wd.name(name_v, "run name")
             except LoraFinetuneError:
@@ -366,19 +443,23 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 return _progress_html(prog, lang_v), gr.skip(), gr.skip(), gr.skip()
             msg = status_v
             if prog.message:
-                head = state_text(prog.state, lang_v)
-                msg = f"{head}: {prog.message}" if prog.state != "finished" else prog.message
-                if prog.state == "running":  # a second attempt the lock refused, while this one runs
-                    msg = f"{state_text('failed', lang_v)}: {prog.message}"
-            return _progress_html(prog, lang_v), _curve(prog), prog.log_tail, msg
+                # the training process's own last words (the CLI's summary or error), after the state
+                state = "failed" if prog.state == "running" else prog.state  # running: a refused second start
+                if state == "failed":
+                    msg = t("failed_message", lang_v, state=state_text(state, lang_v), message=prog.message)
+                elif state == "finished" and lang_v != ZH:
+                    msg = prog.message
+                else:
+                    msg = t("state_message", lang_v, state=state_text(state, lang_v), message=prog.message)
+            return _progress_html(prog, lang_v), _curve(prog, lang_v), prog.log_tail, msg
 
         # a reopened tab shows the run started last (training went on without it)
         demo.load(lambda: ui.jobs.latest_name() or gr.skip(), None, run_name)
-        timer.tick(on_tick, [run_name, lang, status], [progress, curve, logbox, status], show_progress="hidden")
+        timer.tick(on_tick, [lang, run_name, status], [progress, curve, logbox, status], show_progress="hidden")
 
         # --- chat
-        def choices_update():
-            choices = ui.model_choices()
+        def choices_update(lang_v):
+            choices = ui.model_choices(lang_v)
             first = choices[0][1] if choices else None
             both = [("—", "")] + choices
             adapters = ui.adapters()
@@ -389,17 +470,19 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 gr.update(choices=adapters, value=adapters[0] if adapters else None),
             )
 
-        refresh.click(choices_update, None, [model_a, model_b, eval_adapter, exp_adapter])
-        demo.load(choices_update, None, [model_a, model_b, eval_adapter, exp_adapter])
+        refresh.click(choices_update, lang, [model_a, model_b, eval_adapter, exp_adapter])
+        demo.load(choices_update, lang, [model_a, model_b, eval_adapter, exp_adapter])
 
         @friendly
-        def on_send(a, b, hist_a, hist_b, msg, sys_v, mx, temp, tp, rp):
+        def on_send(lang_v, a, b, hist_a, hist_b, msg, sys_v, mx, temp, tp, rp):
             from ..use.chat import GenerationSettings
 
             if not a:
-                raise _page_error(
-                    LoraFinetuneError("Choose Model A first (train an adapter, then press Refresh list).")
+                raise bilingual(
+                    LoraFinetuneError("Choose Model A first (train an adapter, then press Refresh list)."),
+                    "请先选择模型 A（先训练一个适配器，再点击“刷新列表”）。",
                 )
+            empty = t("empty_answer", lang_v)
             gen = GenerationSettings(int(mx), float(temp), float(tp), float(rp))
             hist_a, hist_b = list(hist_a or []), list(hist_b or [])
             prior_a, prior_b = list(hist_a), list(hist_b)
@@ -408,65 +491,63 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
             if b:
                 hist_b.append({"role": "user", "content": msg})
             for text in ui.chat(a, prior_a, msg, gen, sys_v):
-                hist_a[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
+                hist_a[-1] = {"role": "assistant", "content": text or empty}
                 yield hist_a, hist_b, ""
             if b:
                 hist_b.append({"role": "assistant", "content": ""})
                 for text in ui.chat(b, prior_b, msg, gen, sys_v):
-                    hist_b[-1] = {"role": "assistant", "content": text or EMPTY_ANSWER}
+                    hist_b[-1] = {"role": "assistant", "content": text or empty}
                     yield hist_a, hist_b, ""
 
-        chat_inputs = [model_a, model_b, chat_a, chat_b, message, system, max_new, temperature, top_p, rep]
+        chat_inputs = [lang, model_a, model_b, chat_a, chat_b, message, system, max_new, temperature, top_p, rep]
         send.click(on_send, chat_inputs, [chat_a, chat_b, message])
         message.submit(on_send, chat_inputs, [chat_a, chat_b, message])
         clear.click(lambda: ([], []), None, [chat_a, chat_b])
 
         # --- evaluate
-        eval_upload.upload(on_upload, eval_upload, [eval_data, eval_upload])
+        eval_upload.upload(on_upload, [lang, eval_upload], [eval_data, eval_upload])
 
         @friendly
-        def on_eval(adapter_v, data_v, mx, new, base_v, loss_v):
+        def on_eval(lang_v, adapter_v, data_v, mx, new, base_v, loss_v):
             table, worst, report = ui.evaluate(
                 adapter_v, data_v, int(mx or 0), bool(base_v), bool(loss_v), int(new or 64)
             )
-            import pandas as pd
-
-            metrics = pd.DataFrame(table[1:], columns=table[0])
-            worst_df = pd.DataFrame(worst[1:], columns=worst[0])
-            return metrics, worst_df, ui.wd.relative(report)
+            return _table(table, lang_v), _table(worst, lang_v), ui.wd.relative(report)
 
         run_eval.click(
             on_eval,
-            [eval_adapter, eval_data, eval_max, eval_new, eval_base, eval_loss],
+            [lang, eval_adapter, eval_data, eval_max, eval_new, eval_base, eval_loss],
             [eval_metrics, eval_worst, eval_report],
         )
 
         @friendly
-        def on_bench(adapter_v, tasks_v, limit_v, shots_v, base_v):
+        def on_bench(lang_v, adapter_v, tasks_v, limit_v, shots_v, base_v):
             shots = int(shots_v) if shots_v is not None and int(shots_v) >= 0 else None
             table, report = ui.benchmark(adapter_v, tasks_v, int(limit_v or 0) or None, shots, bool(base_v))
-            import pandas as pd
-
-            return pd.DataFrame(table[1:], columns=table[0]), report
+            return _table(table, lang_v), report
 
         run_bench.click(
-            on_bench, [eval_adapter, bench_tasks, bench_limit, bench_shots, bench_base], [bench_table, bench_report]
+            on_bench,
+            [lang, eval_adapter, bench_tasks, bench_limit, bench_shots, bench_base],
+            [bench_table, bench_report],
         )
 
         # --- export
         @friendly
-        def on_export(adapter_v, kind_v, name_v, outtype_v, over_v):
-            return ui.export(adapter_v, kind_v, name_v, outtype_v, bool(over_v))
+        def on_export(lang_v, adapter_v, kind_v, name_v, outtype_v, over_v):
+            return ui.export(adapter_v, kind_v, name_v, outtype_v, bool(over_v), lang=lang_v)
 
-        run_exp.click(on_export, [exp_adapter, exp_kind, exp_name, exp_outtype, exp_over], exp_result)
+        run_exp.click(on_export, [lang, exp_adapter, exp_kind, exp_name, exp_outtype, exp_over], exp_result)
 
-        # --- language
+        # --- language: every label, help and list of choices, then the estimate again
         def on_lang(lang_v):
             out = [gr.update(value=t("title", lang_v)), gr.update(value=t("intro", lang_v).format(root=workdir.root))]
-            out += [gr.update(**{attr: t(key, lang_v)}) for _, key, attr in labeled]
+            out += [gr.update(**update(lang_v)) for _, update in labeled]
             return out
 
-        lang.change(on_lang, lang, [title, intro, *(c for c, _, _ in labeled)])
+        lang.change(on_lang, lang, [title, intro, *(c for c, _ in labeled)]).then(
+            on_estimate, est_inputs, estimate, show_progress="hidden"
+        )
 
     demo.webui = ui  # type: ignore[attr-defined]  (for tests and the CLI's shutdown)
     return demo

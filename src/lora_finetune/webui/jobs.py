@@ -27,6 +27,7 @@ import yaml
 
 from ..config import build_config
 from ..errors import ConfigError
+from .i18n import bilingual
 
 _STEP = re.compile(r"step (\d+)/(\d+)\s+loss ([-+0-9.eE]+|nan|inf)")
 _EVAL = re.compile(r"step (\d+)/(\d+)\s+eval loss ([-+0-9.eE]+|nan|inf)")
@@ -187,9 +188,12 @@ class JobManager:
         """SIGINT to the run: it saves a checkpoint at the end of the step and exits."""
         job = self.running(name)
         if job is None:
-            raise NothingRunningError(
-                f"Nothing is training under the name {name!r}, so there is nothing to stop. "
-                "Start a run (or pick the name of a running one) first."
+            raise bilingual(
+                NothingRunningError(
+                    f"Nothing is training under the name {name!r}, so there is nothing to stop. "
+                    "Start a run (or pick the name of a running one) first."
+                ),
+                f"没有名为 {name!r} 的训练在运行，无需停止。请先开始训练（或填写正在运行的名称）。",
             )
         if not job.stop_requested:  # a second SIGINT would mean "quit without saving"
             job.stop_requested = True

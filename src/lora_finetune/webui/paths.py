@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from .i18n import bilingual, what_zh
 
 MAX_UPLOAD_BYTES = 200 * 1024**2
 """Largest data file the page accepts (the browser upload is refused above this too)."""
@@ -67,31 +68,48 @@ class Workdir:
         """`text` (relative to the workdir, or absolute inside it) as a real path inside it."""
         raw = str(text).strip()
         if not raw:
-            raise PathError(f"The {what} is empty. Give a path inside the workdir {self.root}.")
+            raise bilingual(
+                PathError(f"The {what} is empty. Give a path inside the workdir {self.root}."),
+                f"{what_zh(what)}为空。请给出工作目录 {self.root} 内的路径。",
+            )
         if "\x00" in raw:
-            raise PathError(f"The {what} {raw!r} holds a NUL character.")
+            raise bilingual(
+                PathError(f"The {what} {raw!r} holds a NUL character."), f"{what_zh(what)} {raw!r} 含有 NUL 字符。"
+            )
         p = Path(raw).expanduser()
         candidate = p if p.is_absolute() else self.root / p
         # realpath follows every symlink along the way, so a link inside the workdir that
         # points out of it is caught here as well as `..`.
         real = Path(os.path.realpath(candidate))
         if real != self.root and self.root not in real.parents:
-            raise PathError(
-                f"The {what} {raw!r} leads outside the workdir {self.root} (through `..`, an absolute "
-                "path or a symlink). The web UI only reads and writes inside its workdir: copy the "
-                "file there, or start `lora-finetune webui --workdir` on a folder that holds it."
+            raise bilingual(
+                PathError(
+                    f"The {what} {raw!r} leads outside the workdir {self.root} (through `..`, an absolute "
+                    "path or a symlink). The web UI only reads and writes inside its workdir: copy the "
+                    "file there, or start `lora-finetune webui --workdir` on a folder that holds it."
+                ),
+                f"{what_zh(what)} {raw!r} 指向工作目录 {self.root} 之外（经由 `..`、绝对路径或符号链接）。"
+                "网页界面只在工作目录内读写：请把文件复制进去，或用 `lora-finetune webui --workdir` "
+                "指定包含它的文件夹。",
             )
         if must_exist and not real.exists():
-            raise PathError(f"The {what} {raw!r} does not exist in the workdir {self.root}.")
+            raise bilingual(
+                PathError(f"The {what} {raw!r} does not exist in the workdir {self.root}."),
+                f"工作目录 {self.root} 中没有{what_zh(what)} {raw!r}。",
+            )
         return real
 
     def name(self, text: str, what: str = "name") -> str:
         """A plain folder name (a run, an export): letters, digits, `.`, `_`, `-`; no paths."""
         name = str(text).strip()
         if not _NAME.match(name) or name in (".", ".."):
-            raise PathError(
-                f"The {what} {name!r} is not a plain name. Use letters, digits, `.`, `_` or `-` "
-                "(up to 80, starting with a letter or digit), without `/` or `..`."
+            raise bilingual(
+                PathError(
+                    f"The {what} {name!r} is not a plain name. Use letters, digits, `.`, `_` or `-` "
+                    "(up to 80, starting with a letter or digit), without `/` or `..`."
+                ),
+                f"{what_zh(what)} {name!r} 不是简单名称。请只用字母、数字、`.`、`_` 或 `-`"
+                "（最多 80 个，以字母或数字开头），不要含 `/` 或 `..`。",
             )
         return name
 
@@ -114,11 +132,19 @@ class Workdir:
         size = src.stat().st_size
         name = Path(original_name or src.name).name
         if size == 0:
-            raise DataError(f"The uploaded file {name} is empty. Upload a JSONL/JSON/CSV/Parquet file with samples.")
+            raise bilingual(
+                DataError(f"The uploaded file {name} is empty. Upload a JSONL/JSON/CSV/Parquet file with samples."),
+                f"上传的文件 {name} 是空的。请上传含样本的 JSONL/JSON/CSV/Parquet 文件。",
+            )
         if size > MAX_UPLOAD_BYTES:
-            raise DataError(
-                f"The uploaded file {name} is {size / 1024**2:.0f} MiB; the web UI takes data files up to "
-                f"{MAX_UPLOAD_BYTES // 1024**2} MiB. For bigger data, put the file into {self.data} and give its path."
+            raise bilingual(
+                DataError(
+                    f"The uploaded file {name} is {size / 1024**2:.0f} MiB; the web UI takes data files up to "
+                    f"{MAX_UPLOAD_BYTES // 1024**2} MiB. For bigger data, put the file into {self.data} and give "
+                    "its path."
+                ),
+                f"上传的文件 {name} 有 {size / 1024**2:.0f} MiB；网页界面只接受不超过 "
+                f"{MAX_UPLOAD_BYTES // 1024**2} MiB 的数据文件。更大的数据请放进 {self.data} 并填写其路径。",
             )
         stem, suffix = os.path.splitext(name)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "upload"
