@@ -1,8 +1,9 @@
-"""Every Python snippet in the README runs, as written, in a scratch folder.
+"""Every Python snippet in the README and docs/ runs, as written, in a scratch folder.
 
-The snippets name files a reader would have (`my_config.yaml`, `prompts.jsonl`, `test.jsonl`);
-the test writes small ones, with a tiny model standing in for the reader's, and runs the blocks
-in order in one namespace (the second block uses `model` from the first).
+The snippets (the Python API in docs/using.md, adding a model family in docs/development.md) name
+files a reader would have (`my_config.yaml`, `prompts.jsonl`, `test.jsonl`); the test writes small
+ones, with a tiny model standing in for the reader's, and runs the blocks in order in one
+namespace (docs/using.md's second block uses `model` from its first).
 """
 
 from __future__ import annotations
@@ -14,23 +15,36 @@ from pathlib import Path
 import pytest
 import yaml
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+# The README first, then the docs pages, each page's blocks in order.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_the_readme_has_python_snippets():
-    assert len(python_blocks(README.read_text(encoding="utf-8"))) >= 2
+def all_blocks() -> list[tuple[str, str]]:
+    """(where, code) for every ```python block of the README and the docs pages, in order."""
+    out = []
+    for page in PAGES:
+        blocks = python_blocks(page.read_text(encoding="utf-8"))
+        out += [(f"{page.relative_to(ROOT)} python block {i + 1}", b) for i, b in enumerate(blocks)]
+    return out
+
+
+def test_the_docs_have_python_snippets():
+    where = [w for w, _ in all_blocks()]
+    assert len(where) >= 3, where
+    assert any(w.startswith("docs/using.md") for w in where), where
 
 
 def test_readme_python_snippets_run(tiny_qwen3, tmp_path, monkeypatch):
     from lora_finetune.config import default_cache_dir
 
-    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    blocks = all_blocks()
     if (
-        any("smollm2-135m-instruct" in b for b in blocks)
+        any("smollm2-135m-instruct" in b for _, b in blocks)
         and not (default_cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").is_file()
     ):
         pytest.skip("the bundled model is not converted yet (`make install` does it)")
@@ -60,8 +74,8 @@ def test_readme_python_snippets_run(tiny_qwen3, tmp_path, monkeypatch):
     before = {f.name for f in known_families()}
     namespace: dict = {}
     try:
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+        for where, block in blocks:
+            exec(compile(block, where, "exec"), namespace)
     finally:  # the "adding a model family" example registers one; leave the table as it was
         for family in known_families():
             if family.name not in before:

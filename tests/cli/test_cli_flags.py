@@ -1,6 +1,6 @@
 """True/false settings that are also flags: `--flag` alone, `--flag true|false`, on every verb.
 
-The config spells them `overwrite: true` and `resume: auto`, the README says settings are given
+The config spells them `overwrite: true` and `resume: auto`, the docs say settings are given
 as `--key value`, and `make demo` passes `--overwrite true`: those spellings must work on the
 command line too, not stop with "Unexpected argument `true`".
 """

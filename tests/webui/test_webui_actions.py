@@ -3,6 +3,7 @@ Train and Chat in the page), and how errors reach the page: as words, never a tr
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -149,3 +150,102 @@ def test_data_preview_of_the_method_demo_pairs(webui_workdir):
     assert titles == ["── sample 1 (chosen) ──\n", "── sample 1 (rejected) ──\n"]
     learned = [text for text, label in prev.samples if label == "learned"]
     assert any("中国的首都是北京。" in t for t in learned) and any(t.startswith("北京。") for t in learned)
+    # 中文 mode: the page's own words, the sample titles and the highlight's category
+    zh = ui.data_preview("models/tiny", None, method="dpo", n=1, lang="中文")
+    assert zh.stats.startswith("内置示例数据：30 条偏好对（选中 / 拒绝）（训练方法 dpo / orpo / simpo），模板 `")
+    assert "\n保留 30/30 条样本；学习 " in zh.stats
+    assert [text for text, _ in zh.samples if text.startswith("──")] == [
+        "── 样本 1（选中） ──\n",
+        "── 样本 1（拒绝） ──\n",
+    ]
+    assert {label for _, label in zh.samples} == {None, "学习"}
+
+
+# --------------------------------------------------------------------------- the memory panel
+SETTINGS = {"method": "sft", "batch_size": 2, "max_length": 256, "r": 8, "quantization": "none", "dtype": "auto"}
+
+
+def _planned(ui, settings: dict) -> float:
+    """What training's memory planning estimates for the same settings (samples as long as
+    max_length, a budget that fits as asked)."""
+    from dataclasses import replace
+
+    import torch
+
+    from lora_finetune.config import LoRAFinetuneConfig
+    from lora_finetune.models.loading import pick_dtype
+    from lora_finetune.tools.estimate import load_shape, resolve_targets
+    from lora_finetune.training.planning import plan_memory
+
+    path = str(ui.wd.root / "models" / "tiny")
+    cfg = replace(LoRAFinetuneConfig(), memory_budget="1000GB", **settings)
+    targets = resolve_targets(load_shape(path), "auto")
+    assert not torch.cuda.is_available()  # the planner's device, as the page sees it
+    return plan_memory(cfg, path, targets, settings["max_length"], pick_dtype(settings["dtype"])).estimate
+
+
+def test_memory_panel_on_a_cpu_is_the_runs_rss(webui_workdir, monkeypatch):
+    """Without CUDA the panel estimates what the run's memory planning counts on a CPU: RSS, with
+    glibc's malloc factor where the run will not have tcmalloc, against the RAM available."""
+    import torch
+
+    from lora_finetune.allocator import ALLOCATOR_ENV, GLIBC_RSS_FACTOR, find_tcmalloc
+    from lora_finetune.tools.estimate import GiB
+    from lora_finetune.webui.actions import WebUI, run_rss_factor
+    from lora_finetune.webui.paths import Workdir
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ui = WebUI(Workdir(webui_workdir))
+    # the training process keeps glibc's malloc: the planner and the panel scale by its factor
+    monkeypatch.setenv(ALLOCATOR_ENV, "system")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    for settings in (SETTINGS, {**SETTINGS, "method": "dpo", "gradient_checkpointing": True}):
+        m = ui.memory_estimate("models/tiny", settings)
+        assert m.device == "cpu" and m.estimate.setup.dtype == "fp32"  # dtype auto on a CPU
+        assert m.rss_factor == GLIBC_RSS_FACTOR
+        assert m.needed == pytest.approx(_planned(ui, settings), rel=1e-9)
+        assert m.available and m.available > 0
+    text = ui.estimate("models/tiny", SETTINGS)
+    head = text.splitlines()[0]
+    want = r"≈ [0-9.]+ GiB CPU memory \(RSS\); [0-9.]+ GiB RAM available \(fp32, r=8, batch 2 x 256 tokens\)"
+    assert re.fullmatch(want, head), head
+    assert f"glibc malloc: activations, logits x{GLIBC_RSS_FACTOR:g}" in text
+    assert "GPU" not in text and "CUDA" not in text
+    zh = ui.estimate("models/tiny", SETTINGS, lang="中文")
+    assert "CPU 内存（RSS）" in zh and "本机可用内存" in zh and "GPU" not in zh
+    # where tcmalloc is installed, `lora-finetune train` preloads it: live memory, factor 1
+    monkeypatch.setenv(ALLOCATOR_ENV, "auto")
+    assert run_rss_factor() == (1.0 if find_tcmalloc() else GLIBC_RSS_FACTOR)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert run_rss_factor() == 1.0
+    # more than the RAM there is: the panel says what training's planning will do
+    monkeypatch.setattr("lora_finetune.training.planning.free_memory", lambda on_gpu: 0.001 * GiB)
+    assert "memory plan tries gradient checkpointing" in ui.estimate("models/tiny", SETTINGS)
+
+
+def test_memory_panel_on_cuda_is_gpu_memory(webui_workdir, monkeypatch):
+    import torch
+
+    from lora_finetune.tools.estimate import GiB
+    from lora_finetune.webui.actions import WebUI
+    from lora_finetune.webui.paths import Workdir
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    ui = WebUI(Workdir(webui_workdir))
+    m = ui.memory_estimate("models/tiny", SETTINGS)
+    assert m.device == "cuda" and m.estimate.setup.dtype == "bf16" and m.rss_factor == 1.0
+    assert m.needed == m.estimate.total and m.estimate.overhead > 0.5 * GiB  # CUDA context counted
+    text = ui.estimate("models/tiny", SETTINGS)
+    assert text.startswith("≈ ") and "GiB GPU memory; 40.0 GiB free on Test GPU (bf16, r=8" in text
+    assert "CUDA context" in text and "RSS" not in text and "RAM" not in text
+    assert "GPU 显存；Test GPU 当前空闲 40.0 GiB" in ui.estimate("models/tiny", SETTINGS, lang="中文")
+
+
+def test_page_texts_in_chinese(ui):
+    """What the actions write for the page, in 中文 mode."""
+    assert ("ad：基础模型", "base:outputs/ad") in ui.model_choices("中文")
+    text = ui.export("outputs/ad", "merge", "merged-zh", lang="中文")
+    assert text.startswith("已把 outputs/ad 合并进 ") and (ui.wd.exports / "merged-zh" / "config.json").is_file()

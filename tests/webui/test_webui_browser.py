@@ -1,9 +1,10 @@
 """The web UI in a real browser (headless Chromium driven by Playwright).
 
 One page, used the way a person would: upload data and see the data check, train 3 steps and
-watch progress and the loss curve, chat with the result (streamed), stop / reopen / resume a
-run, switch the language, and the errors a hostile or careless user causes. Screenshots go to
-docs/ (the README shows them) when LORA_FINETUNE_SCREENSHOTS=1.
+watch progress and the loss curve, chat with the result (streamed), evaluate it (instruction data
+and preference pairs), export it (merged and GGUF), stop / reopen / resume a run, switch the
+language (中文 everywhere), and the errors a hostile or careless user causes. Screenshots go to
+docs/ (docs/webui.md and the README show them) when LORA_FINETUNE_SCREENSHOTS=1.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`; `make test` installs it when run as
 root) and `pip install playwright` (no browser download: the system Chromium is used).
@@ -22,6 +23,9 @@ import pytest
 
 from webui_support import write_jsonl
 
+ON_GPU = pytest.importorskip("torch").cuda.is_available()
+"""Where the page's runs train: the memory panel speaks of GPU memory there, of RSS on a CPU."""
+
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses the system Chromium)")
 pytestmark = [
@@ -32,7 +36,7 @@ pytestmark = [
         reason="headless Chromium not found: `apt-get install -y chromium` (as root; `make test` does it)",
     ),
 ]
-# The README's screenshots: refreshed with `LORA_FINETUNE_SCREENSHOTS=1` (so that an ordinary test
+# The screenshots of docs/webui.md and the README: refreshed with `LORA_FINETUNE_SCREENSHOTS=1` (so that an ordinary test
 # run leaves the checkout clean); otherwise they go to a scratch folder.
 DOCS = (
     Path(__file__).resolve().parents[2] / "docs"
@@ -147,8 +151,15 @@ def test_upload_check_and_train(page, webui_workdir, tmp_path):
     learned = page.locator("#samples").get_by_text("北京。")
     expect(learned.first).to_be_visible()
     expect(page.locator("#samples")).to_contain_text("中国的首都是哪里？")
-    # the estimate follows the settings
+    # the estimate follows the settings, for the device the run will use
     expect(page.locator("#estimate textarea")).to_have_value(re.compile(r"GiB"), timeout=60_000)
+    if ON_GPU:
+        expect(page.locator("#estimate textarea")).to_have_value(re.compile(r"^≈ [0-9.]+ GiB GPU memory"))
+    else:  # this machine: the run's resident memory against the RAM, no word of a GPU
+        expect(page.locator("#estimate")).to_contain_text("Memory estimate (CPU memory as RSS")
+        head = re.compile(r"^≈ [0-9.]+ GiB CPU memory \(RSS\); [0-9.]+ GiB RAM available \(fp32, r=4")
+        expect(page.locator("#estimate textarea")).to_have_value(head)
+        assert "GPU" not in value_of(page, "estimate")
     before = value_of(page, "estimate")
     number_in(page, "batch_size", 64)
     expect(page.locator("#estimate textarea")).not_to_have_value(before, timeout=30_000)
@@ -221,6 +232,71 @@ def test_benchmark_on_the_evaluate_tab(page):
     expect(table).to_contain_text("adapter - base")
     expect(table).to_contain_text("±")
     expect(page.locator("#bench-report textarea")).to_have_value(re.compile(r"bench/first\.json$"))
+
+
+def test_evaluate_tab(page, webui_workdir):
+    """The adapter trained above on a data file: the metrics table (adapter and base, with the
+    loss) and the worst samples; then a file of preference pairs: accuracy and margins."""
+    tab(page, "Evaluate")
+    pick(page, "eval-adapter", "first")
+    text_in(page, "eval-data", "data/qa_pairs.jsonl")
+    number = page.locator("#eval-max-new input[type=number], #eval-max-new input").first
+    number.fill("8")
+    number.press("Tab")
+    page.locator("#eval-base input[type=checkbox]").check()
+    page.locator("#run-eval").click()
+    report = page.locator("#eval-report textarea")
+    expect(report).to_have_value(".webui/eval/first-qa_pairs.json", timeout=180_000)
+    assert (webui_workdir / ".webui" / "eval" / "first-qa_pairs.json").is_file()
+    metrics = page.locator("#eval-metrics")
+    for text in ("metric", "adapter", "base", "loss", "rouge-l"):
+        expect(metrics).to_contain_text(text)
+    worst = page.locator("#eval-worst")
+    for text in ("question", "reference", "prediction", "rouge-l"):
+        expect(worst).to_contain_text(text)
+    expect(worst).to_contain_text(
+        re.compile("中国的首都是哪里？|一周有几天？|What is 2 \\+ 2\\?|Capital of France\\?|Name a")
+    )
+    page.screenshot(path=str(DOCS / "webui-eval.png"), full_page=True)
+
+    # preference pairs in the same box: scored as pairs
+    from lora_finetune.data import demo_rows
+
+    rows = demo_rows("preference")[:3]
+    pairs = [{"prompt": r["instruction"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+    write_jsonl(webui_workdir / "data" / "pairs.jsonl", pairs)
+    text_in(page, "eval-data", "data/pairs.jsonl")
+    page.locator("#run-eval").click()
+    expect(report).to_have_value(".webui/eval/first-pairs.json", timeout=120_000)
+    expect(metrics).to_contain_text("preference_accuracy")
+    for text in ("prompt", "chosen", "rejected", "margin"):
+        expect(worst).to_contain_text(text)
+    expect(worst).to_contain_text(pairs[0]["chosen"][:6])
+
+
+def test_export_tab(page, webui_workdir):
+    """Merge into exports/NAME, then a GGUF file: the result says where, the files are there."""
+    tab(page, "Export")
+    pick(page, "export-adapter", "first")
+    expect(page.get_by_label("merge: the adapter merged into the base (safetensors)")).to_be_checked()
+    text_in(page, "export-name", "first-merged")
+    page.locator("#run-export").click()
+    result = page.locator("#export-result textarea")
+    expect(result).to_have_value(re.compile(r"^Merged outputs/first into .* -> .*first-merged"), timeout=180_000)
+    merged = webui_workdir / "exports" / "first-merged"
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+
+    page.get_by_label("gguf: the merged model as one GGUF file").check()
+    text_in(page, "export-name", "first-gguf")
+    page.locator("#run-export").click()
+    expect(result).to_have_value(re.compile(r"^Wrote gguf \(f16, .*first-gguf"), timeout=180_000)
+    ggufs = list((webui_workdir / "exports" / "first-gguf").glob("*.gguf"))
+    assert ggufs and ggufs[0].stat().st_size > 0
+    assert ggufs[0].name in value_of(page, "export-result")
+    page.screenshot(path=str(DOCS / "webui-export.png"), full_page=True)
+    # the same name again without "replace": the package's refusal, as a message
+    page.locator("#run-export").click()
+    expect_error(page, "exists|--overwrite")
 
 
 def test_errors_are_messages(page, webui_workdir, tmp_path):
@@ -306,16 +382,65 @@ def test_two_starts_close_tab_stop_and_resume(page, browser, webui_server, webui
 
 
 def test_language_switch(browser, webui_server):
+    """中文: tabs, buttons, setting names and their help, the memory panel, the data check, an
+    error, and the Evaluate and Export tabs; then English again."""
     url, _ = webui_server
     pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+    pg.set_default_timeout(30_000)
     pg.goto(url)
+    pg.wait_for_selector("#model textarea")
+    text_in(pg, "model", "models/tiny")
     pg.get_by_label("中文").check()
     expect(pg.get_by_role("tab", name="训练")).to_be_visible(timeout=30_000)
     expect(pg.get_by_role("tab", name="对话")).to_be_visible()
     expect(pg.locator("#start")).to_have_text("开始训练")
-    pg.screenshot(path=str(DOCS / "webui-zh.png"))
+    # settings: a Chinese name with the config key, the help in Chinese
+    expect(pg.locator("#set-learning_rate")).to_contain_text("学习率 (learning_rate)")
+    expect(pg.locator("#set-learning_rate")).to_contain_text("优化器的峰值学习率。")
+    expect(pg.locator("#set-method")).to_contain_text("训练方法 (method)")
+    expect(pg.locator("#set-gradient_checkpointing")).to_contain_text("反向传播时重新计算激活值")
+    expect(pg.locator("#set-learning_rate")).not_to_contain_text("Peak learning rate")
+    # the memory panel, recomputed in Chinese
+    panel = re.compile(r"^≈ [0-9.]+ GiB GPU 显存" if ON_GPU else r"^≈ [0-9.]+ GiB CPU 内存（RSS）；本机可用内存")
+    expect(pg.locator("#estimate textarea")).to_have_value(panel, timeout=60_000)
+    if not ON_GPU:
+        expect(pg.locator("#estimate")).to_contain_text("内存估算（CPU 内存，即 RSS")
+    pg.evaluate("window.scrollTo(0, 0)")
+    pg.screenshot(path=str(DOCS / "webui-zh.png"))  # (CJK glyphs need a font: fonts-noto-cjk)
+    # the page's messages: the data check, and an error with the Chinese lead-in
+    text_in(pg, "data-path", "")
+    pg.locator("#check-data").click()
+    expect(pg.locator("#data-stats textarea")).to_have_value(
+        re.compile(r"^内置示例数据：20 条指令与回答"), timeout=60_000
+    )
+    expect(pg.locator("#data-stats textarea")).to_have_value(re.compile(r"保留 20/20 条样本"))
+    expect(pg.locator("#samples")).to_contain_text("样本 1")
+    text_in(pg, "run-name", "nothing-zh")
+    pg.locator("#stop").click()
+    expect_error(pg, "出错：没有名为 'nothing-zh' 的训练在运行")
+    # Evaluate and Export
+    tab(pg, "评估")
+    expect(pg.locator("#run-eval")).to_have_text("开始评估")
+    for text in ("适配器", "评估数据（工作目录内路径）", "最多样本数（0 为全部）", "同时评估基础模型", "标准评测基准"):
+        expect(pg.locator("#tab-eval")).to_contain_text(text)
+    expect(pg.locator("#tab-eval")).not_to_contain_text("Evaluation data")
+    tab(pg, "导出")
+    expect(pg.locator("#run-export")).to_have_text("开始导出")
+    for text in (
+        "导出内容",
+        "merge：把适配器合并进基础模型（safetensors）",
+        "gguf：合并后的模型",
+        "输出名称",
+        "GGUF 数值格式",
+    ):
+        expect(pg.locator("#tab-export")).to_contain_text(text)
+    expect(pg.get_by_label("merge：把适配器合并进基础模型（safetensors）")).to_be_checked()  # relabelled, still chosen
     pg.get_by_label("English").check()
     expect(pg.get_by_role("tab", name="Train")).to_be_visible(timeout=30_000)
+    expect(pg.locator("#run-export")).to_have_text("Export")
+    tab(pg, "Train")
+    expect(pg.locator("#set-learning_rate")).to_contain_text("Peak learning rate")
+    expect(pg.locator("#estimate textarea")).to_have_value(re.compile(r"GiB (GPU|CPU) memory"), timeout=60_000)
     pg.close()
 
 

@@ -23,7 +23,7 @@ def format_sample(sample: dict[str, Any]) -> str:
 
 def qa_prompt(instruction: str, inp: str) -> str:
     # The teaching script writes "补充信息：" even when input is empty; an empty line teaches
-    # nothing, so it is left out then (documented in the README).
+    # nothing, so it is left out then (documented in docs/lesson.md).
     if inp:
         return f"问：{instruction}\n补充信息：{inp}\n答："
     return f"问：{instruction}\n答："

@@ -186,16 +186,13 @@ class OverfitWarning(TrainerCallback):
             )
             log.warning(self.warning)
             return
-        self.warning = (
-            f"{rose}: the adapter is memorising the training data"
-            + (
-                "; the best checkpoint is the one kept. To stop sooner, set early_stopping_patience; or "
-                "add data, or lower the learning rate."
-                if args.load_best_model_at_end
-                else "; the last checkpoint is not the best one. Train fewer steps, use "
-                "load_best_model_at_end: true (with early_stopping_patience), add data, or lower the "
-                "learning rate."
-            )
+        self.warning = f"{rose}: the adapter is memorising the training data" + (
+            "; the best checkpoint is the one kept. To stop sooner, set early_stopping_patience; or "
+            "add data, or lower the learning rate."
+            if args.load_best_model_at_end
+            else "; the last checkpoint is not the best one. Train fewer steps, use "
+            "load_best_model_at_end: true (with early_stopping_patience), add data, or lower the "
+            "learning rate."
         )
         log.warning(self.warning)
 

@@ -292,14 +292,20 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                     eval_adapter = L(gr.Dropdown([], label=t("adapter"), elem_id="eval-adapter"), "adapter")
                     eval_data = L(gr.Textbox("", label=t("eval_data"), elem_id="eval-data"), "eval_data")
                     eval_upload = L(
-                        gr.File(label=t("eval_upload"), file_types=[".jsonl", ".json", ".csv", ".parquet"]),
+                        gr.File(
+                            label=t("eval_upload"),
+                            file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                            elem_id="eval-upload",
+                        ),
                         "eval_upload",
                     )
                 with gr.Row():
-                    eval_max = L(gr.Number(0, precision=0, label=t("max_samples")), "max_samples")
-                    eval_new = L(gr.Number(64, precision=0, label=t("max_new_tokens")), "max_new_tokens")
-                    eval_base = L(gr.Checkbox(False, label=t("compare_base")), "compare_base")
-                    eval_loss = L(gr.Checkbox(False, label=t("loss_only")), "loss_only")
+                    eval_max = L(gr.Number(0, precision=0, label=t("max_samples"), elem_id="eval-max"), "max_samples")
+                    eval_new = L(
+                        gr.Number(64, precision=0, label=t("max_new_tokens"), elem_id="eval-max-new"), "max_new_tokens"
+                    )
+                    eval_base = L(gr.Checkbox(False, label=t("compare_base"), elem_id="eval-base"), "compare_base")
+                    eval_loss = L(gr.Checkbox(False, label=t("loss_only"), elem_id="eval-loss-only"), "loss_only")
                     run_eval = L(gr.Button(t("run_eval"), variant="primary", elem_id="run-eval"), "run_eval", "value")
                 eval_metrics = L(gr.Dataframe(label=t("metrics"), elem_id="eval-metrics"), "metrics")
                 eval_worst = L(gr.Dataframe(label=t("worst"), elem_id="eval-worst"), "worst")
@@ -550,6 +556,9 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
         )
 
     demo.webui = ui  # type: ignore[attr-defined]  (for tests and the CLI's shutdown)
+    # for tests: the language switch's handler and the components it updates, in its order
+    demo.relabel = on_lang  # type: ignore[attr-defined]
+    demo.relabeled = [title, intro, *(c for c, _ in labeled)]  # type: ignore[attr-defined]
     return demo
 
 

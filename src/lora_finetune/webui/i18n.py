@@ -134,7 +134,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "no_message": ("no message", "无说明"),
     "no_estimate": ("(no estimate: {error})", "（无法估算）{error}"),
     "starting_at": ("{state}: {where} (log {log})", "{state}：{where}（日志 {log}）"),
-    "resuming_at": ("{state} (--resume): {where}", "{state}（--resume）：{where}"),
+    "resuming_at": ("{state} (--resume): {where}", "{state}（从检查点继续，--resume）：{where}"),
     "state_message": ("{state}: {message}", "{state}：{message}"),
     "failed_message": ("{state}: {message}", "{state}\n出错：{message}"),
     "progress_steps": ("step {step}/{total} ({pct}%)", "第 {step}/{total} 步（{pct}%）"),
