@@ -36,8 +36,8 @@ pytestmark = [
         reason="headless Chromium not found: `apt-get install -y chromium` (as root; `make test` does it)",
     ),
 ]
-# The screenshots of docs/webui.md and the README: refreshed with `LORA_FINETUNE_SCREENSHOTS=1` (so that an ordinary test
-# run leaves the checkout clean); otherwise they go to a scratch folder.
+# The screenshots of docs/webui.md and the README: refreshed with `LORA_FINETUNE_SCREENSHOTS=1`
+# (so that an ordinary test run leaves the checkout clean); otherwise they go to a scratch folder.
 DOCS = (
     Path(__file__).resolve().parents[2] / "docs"
     if os.environ.get("LORA_FINETUNE_SCREENSHOTS")
