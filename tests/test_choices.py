@@ -79,3 +79,15 @@ def test_parse_bool(text, value):
 def test_parse_bool_rejects_other_values(bad):
     with pytest.raises(ValueError, match="true or false"):
         choices.parse_bool(bad)
+
+
+def test_every_method_has_its_data_kind_and_step_shape():
+    """A method added to `Method` without its tables would plan memory (and draw the web UI's panel)
+    from a KeyError; the panel and the run's planning read the same tables."""
+    from lora_finetune.training.stages import STAGES
+
+    assert set(choices.METHOD_KIND) == set(choices.METHODS) == set(choices.METHOD_SEQUENCES) == set(STAGES)
+    assert choices.METHOD_FUSED_LOGITS <= set(choices.METHODS)
+    assert {m for m, n in choices.METHOD_SEQUENCES.items() if n == 2} == {"dpo", "orpo", "simpo", "kto"}
+    assert STAGES["dpo"].sequences_per_sample == 2 and STAGES["dpo"].fused_logits
+    assert STAGES["orpo"].sequences_per_sample == 2 and not STAGES["orpo"].fused_logits

@@ -45,6 +45,14 @@ METHOD_KIND: dict[str, str] = {
 }
 """The data kind each training method trains on."""
 
+METHOD_SEQUENCES: dict[str, int] = {"sft": 1, "pt": 1, "dpo": 2, "orpo": 2, "simpo": 2, "kto": 2}
+"""Sequences one sample puts through the model per step (a pair: the chosen and the rejected;
+KTO: the completion and a mismatched one for its KL term). Memory planning multiplies by it."""
+
+METHOD_FUSED_LOGITS: frozenset[str] = frozenset({"dpo", "kto"})
+"""Methods whose TRL trainer computes log-probabilities without full logits (its fused LM head),
+so memory planning counts no tokens x vocabulary logits for them."""
+
 BEST_METRICS: dict[str, bool] = {
     "loss": False,
     "rewards/accuracies": True,

@@ -219,7 +219,7 @@ def test_memory_panel_on_a_cpu_is_the_runs_rss(webui_workdir, monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
     assert run_rss_factor() == 1.0
     # more than the RAM there is: the panel says what training's planning will do
-    monkeypatch.setattr("lora_finetune.training.planning.free_memory", lambda on_gpu: 0.001 * GiB)
+    monkeypatch.setattr("lora_finetune.tools.estimate.free_memory", lambda on_gpu: 0.001 * GiB)
     assert "memory plan tries gradient checkpointing" in ui.estimate("models/tiny", SETTINGS)
 
 

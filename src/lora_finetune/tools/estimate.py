@@ -556,6 +556,23 @@ def format_estimate(est: Estimate) -> str:
     return "\n".join(lines)
 
 
+def free_memory(on_gpu: bool) -> float | None:
+    """Free memory now: the GPU's (torch) or the CPU's (MemAvailable), in bytes."""
+    if on_gpu:
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return float(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 __all__ = [
     "ModelShape",
     "LinearShape",
@@ -563,6 +580,7 @@ __all__ = [
     "Estimate",
     "model_shape",
     "estimate_memory",
+    "free_memory",
     "cpu_attention_is_math",
     "fp32_stream",
     "layer_activations",

@@ -35,7 +35,7 @@ import torch
 from ..allocator import rss_factor
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
-from ..tools.estimate import GiB, Setup, estimate_memory, load_shape, parse_size
+from ..tools.estimate import GiB, Setup, estimate_memory, free_memory, load_shape, parse_size
 from .kernels import liger_usable
 from .stages import get_stage
 
@@ -72,21 +72,6 @@ class MemoryPlan:
             f"memory_budget; using {used} (estimated peak {self.estimate / GiB:.1f} GiB; the effective "
             "batch and the results are the same" + (", to float rounding" if "use_liger" in self.changes else "") + ")"
         )
-
-
-def free_memory(on_gpu: bool) -> float | None:
-    """Free memory now: the GPU's (torch) or the CPU's (MemAvailable), in bytes."""
-    if on_gpu:
-        free, _ = torch.cuda.mem_get_info()
-        return float(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _proc_status_bytes(key: str) -> float | None:

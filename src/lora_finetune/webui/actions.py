@@ -140,7 +140,7 @@ def _auto_dtype(on_gpu: bool) -> str:
 
 def _available(on_gpu: bool) -> tuple[float | None, str]:
     """(free bytes now, the GPU's name): what `memory_budget: auto` would be (training/planning.py)."""
-    from ..training.planning import free_memory
+    from ..tools.estimate import free_memory
 
     try:
         free = free_memory(on_gpu)
@@ -386,8 +386,8 @@ class WebUI:
         the page, on the device it will train on: its dtype `auto`, its method's sequences per
         sample, and on a CPU the allocator's factor. Samples are counted at max_length (planning
         takes the longest sample of the data: the same or less)."""
+        from ..choices import METHOD_FUSED_LOGITS, METHOD_SEQUENCES
         from ..tools.estimate import Setup, estimate_memory, load_shape
-        from ..training.stages import STAGES
 
         name = self.model_name(model)
         with self._build_lock:
@@ -396,23 +396,24 @@ class WebUI:
         device = training_device()
         on_gpu = device == "cuda"
         dtype = str(settings.get("dtype") or "auto")
-        stage = STAGES.get(str(settings.get("method") or "sft")) or STAGES["sft"]
+        method = str(settings.get("method") or "sft")
+        sequences = METHOD_SEQUENCES.get(method, 1)
         dropout = settings.get("dropout")
         setup = Setup(
             quantization=settings.get("quantization") or "none",
             dtype=_auto_dtype(on_gpu) if dtype == "auto" else dtype,
             r=int(settings.get("r") or 8),
-            batch_size=int(settings.get("batch_size") or 1) * stage.sequences_per_sample,
+            batch_size=int(settings.get("batch_size") or 1) * sequences,
             max_length=int(settings.get("max_length") or 768),
             gradient_checkpointing=bool(settings.get("gradient_checkpointing")),
             dropout=0.05 if dropout is None or dropout == "" else float(dropout),
             device=device,
-            fused_logits=stage.fused_logits,
+            fused_logits=method in METHOD_FUSED_LOGITS,
         )
         est = estimate_memory(self._shapes[name], setup)
         available, device_name = _available(on_gpu)
         factor = 1.0 if on_gpu else run_rss_factor()
-        return MemoryEstimate(device, est, stage.sequences_per_sample, factor, available, device_name)
+        return MemoryEstimate(device, est, sequences, factor, available, device_name)
 
     def estimate(
         self, model: str, settings: dict[str, Any], trust_remote_code: bool = False, lang: str = "English"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...choices import METHOD_KIND
+from ...choices import METHOD_FUSED_LOGITS, METHOD_KIND, METHOD_SEQUENCES
 
 
 @dataclass(frozen=True)
@@ -14,13 +14,21 @@ class Stage:
     method: str
     build_trainer: Callable[..., Any]
     """(cfg, model, tokenizer, data, ckpt_dir, dtype, callbacks, recipe) -> a transformers Trainer."""
-    sequences_per_sample: int = 1
-    """Sequences one sample puts through the model per step (a pair: the chosen and the rejected)."""
     reference_forward: bool = False
     """Whether each step also runs the reference model (no gradients) on the same sequences: its
     activations are freed layer by layer, so memory planning counts nothing for it."""
-    fused_logits: bool = False
-    """Whether the trainer computes log-probabilities without full logits (TRL's fused LM head)."""
+
+    # What a step holds is the method's, in choices.py, so the memory panel of the web UI (which
+    # never imports training) and planning here read the same numbers.
+    @property
+    def sequences_per_sample(self) -> int:
+        """Sequences one sample puts through the model per step (a pair: the chosen and the rejected)."""
+        return METHOD_SEQUENCES[self.method]
+
+    @property
+    def fused_logits(self) -> bool:
+        """Whether the trainer computes log-probabilities without full logits (TRL's fused LM head)."""
+        return self.method in METHOD_FUSED_LOGITS
 
     @property
     def kind(self) -> str:

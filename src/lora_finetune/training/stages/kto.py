@@ -86,6 +86,6 @@ def build_trainer(
 
 
 # each sample: its answer and its KL (mismatched) answer
-STAGES = (Stage("kto", build_trainer, sequences_per_sample=2, reference_forward=True, fused_logits=True),)
+STAGES = (Stage("kto", build_trainer, reference_forward=True),)
 
 __all__ = ["STAGES", "build_trainer", "mismatched_completions"]

@@ -161,9 +161,9 @@ def build_trainer(
 
 
 STAGES = (
-    Stage("dpo", build_trainer, sequences_per_sample=2, reference_forward=True, fused_logits=True),
-    Stage("orpo", build_trainer, sequences_per_sample=2),
-    Stage("simpo", build_trainer, sequences_per_sample=2),
+    Stage("dpo", build_trainer, reference_forward=True),
+    Stage("orpo", build_trainer),
+    Stage("simpo", build_trainer),
 )
 
 __all__ = ["STAGES", "build_trainer", "pair_features", "reference_without_copy"]
