@@ -18,8 +18,14 @@ STAMP := $(VENV)/.installed
 NODE_LLAMA_CPP_VERSION ?= 3.22.1
 NODE_PREFIX := build/node
 NODE_STAMP  := $(NODE_PREFIX)/.installed-$(NODE_LLAMA_CPP_VERSION)
+# DeepSpeed for the engine tests (tests/training/test_deepspeed.py), in a folder of its own that
+# only those tests' subprocesses put on PYTHONPATH: installed into .venv, it would change what
+# transformers does in every other test (it checks for DeepSpeed on import).
+DEEPSPEED_VERSION ?= 0.19.8
+DEEPSPEED_SITE    := build/deepspeed-site
+DEEPSPEED_STAMP   := $(DEEPSPEED_SITE)/.installed-$(DEEPSPEED_VERSION)
 
-.PHONY: demo demo-dpo test test-fast test-floor lint format install clean bench-cpu chromium tcmalloc
+.PHONY: deepspeed demo demo-dpo test test-fast test-floor lint format install clean bench-cpu chromium tcmalloc
 
 demo: $(STAMP) tcmalloc
 	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
@@ -32,7 +38,7 @@ demo-dpo: $(STAMP) tcmalloc
 	LD_PRELOAD="$$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$$' | head -1)" \
 	$(PY) lesson1/05_lora_finetune/lora_dpo_demo.py --overwrite true
 
-test: $(STAMP) $(NODE_STAMP) chromium tcmalloc
+test: $(STAMP) $(NODE_STAMP) $(DEEPSPEED_STAMP) chromium tcmalloc
 	$(PY) -m pytest -q
 
 # The tier a developer runs while editing: everything but the end-to-end tests on the bundled
@@ -98,6 +104,17 @@ $(NODE_STAMP):
 	  npm install --no-save --no-audit --no-fund --ignore-scripts --prefix $(NODE_PREFIX) \
 	    node-llama-cpp@$(NODE_LLAMA_CPP_VERSION) && touch $(NODE_STAMP); \
 	else echo "npm not found: the llama.cpp export tests will be skipped (install Node.js >= 20 to run them)"; fi
+
+# DeepSpeed without its CUDA ops (DS_BUILD_OPS=0: it compiles what it needs on first use, on a
+# CPU its shared-memory collective), with its small pure-Python dependencies; torch, numpy,
+# pydantic, psutil, packaging and tqdm come from .venv.
+$(DEEPSPEED_STAMP): $(STAMP)
+	rm -rf $(DEEPSPEED_SITE)
+	DS_BUILD_OPS=0 $(PIP) install -q --no-deps --no-build-isolation --target $(DEEPSPEED_SITE) \
+	  "deepspeed==$(DEEPSPEED_VERSION)" "hjson==3.1.0" "ninja==1.13.2" "py-cpuinfo==9.0.0" "msgpack==1.2.4" "einops==0.8.2"
+	touch $(DEEPSPEED_STAMP)
+
+deepspeed: $(DEEPSPEED_STAMP)
 
 # Headless Chromium for the web UI's browser tests (tests/webui/test_webui_browser.py, driven by
 # Playwright with the system browser: no `playwright install` download). Installed from Debian

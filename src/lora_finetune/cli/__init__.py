@@ -34,7 +34,10 @@ def _setup_logging(verbose: bool = False) -> None:
     handler.setFormatter(logging.Formatter("[lora-finetune] %(message)s"))
     root = logging.getLogger("lora_finetune")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Under a launcher every process runs this; the others' progress lines repeat rank 0's, so
+    # they say only what goes wrong (-v: everything, from every rank).
+    follower = os.environ.get("RANK", "0") != "0"
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if follower else logging.INFO)
     root.propagate = False
     quiet_library_logs()
     # (A logger's filters see only its own records, so the filter goes on the logger that emits.)

@@ -58,6 +58,7 @@ from .callbacks import (
 )
 from .continuation import continue_from
 from .dataset import prepare_data, small_eval_warning
+from .engines import engine_problems, is_peer_failure, launched_engine
 from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
@@ -283,6 +284,8 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     with output_lock(Path(cfg.output_dir)) if lead else nullcontext(), warnings.catch_warnings():
         # peft calls a transformers method deprecated in 5.x on every run: nothing for users.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # DeepSpeed ZeRO-3 calls collectives torch 2.13 renamed, warning on every step.
+        warnings.filterwarnings("ignore", message=".*(all_gather_into_tensor|reduce_scatter_tensor).*is deprecated")
         return _train(cfg, callbacks)
 
 
@@ -296,6 +299,12 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     set_seed(cfg.seed)
 
     check_trackers(cfg.report_to)
+    engine = launched_engine()
+    problems = engine_problems(engine, torch.cuda.is_available(), cfg.quantization)
+    if problems:
+        raise ConfigError("This launch cannot train as asked:\n" + "\n".join(f"  - {p}" for p in problems))
+    if engine.name != "single":
+        log.info(engine.describe())
     # 1. Model path and LoRA targets first: a typo in target_modules fails in seconds, before
     #    any data is read or weights are loaded.
     model_path = resolve_model(cfg.model_name, cfg.cache_dir)
@@ -341,6 +350,8 @@ def _train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> Train
     )
     model, dtype = loaded.model, loaded.dtype
     notes = loaded.notes + continued + resume_notes + ([plan.note] if plan.note else [])
+    if engine.name != "single":
+        notes.append(engine.describe())
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     model = attach_lora(model, cfg, targets)
@@ -500,6 +511,15 @@ def run_trainer(trainer: Trainer, resume_from: Path | None, ckpt_dir: Path) -> t
         if not is_no_space(e):
             raise
         raise TrainingError(f"{no_space_error(ckpt_dir)} " + _resume_hint(ckpt_dir)) from None
+    except RuntimeError as e:
+        if not is_peer_failure(e, launched_engine()):
+            raise
+        raise TrainingError(
+            f"Another process of this run stopped at step {trainer.state.global_step} (this one lost it: "
+            f"{str(e).splitlines()[0][:160]}); its own log says why. "
+            + _resume_hint(ckpt_dir)
+            + " Start every process (on every node) again with --resume."
+        ) from None
     finally:
         interrupt.uninstall()
     if health.problem:

@@ -13,6 +13,7 @@ from ..config import LoRAFinetuneConfig
 from ..run_record import RunRecord
 from .batching import LENGTH_COLUMN, LengthGroupedSampler
 from .callbacks import CheckpointMarker, HealthCallback, InterruptCallback, OverfitWarning, ProgressLog
+from .engines import launched_engine, trainer_device_args
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -30,7 +31,6 @@ def build_training_args(
     subclass (TRL's DPOConfig, ...), with `stage_args` its settings (they win over ours); every
     field the two share is given here, so TRL's different defaults (bf16 on, checkpointing on, lr
     1e-6) never apply."""
-    import os
 
     from transformers import TrainingArguments
 
@@ -76,9 +76,7 @@ def build_training_args(
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         length_column_name=LENGTH_COLUMN,
         ddp_find_unused_parameters=False,
-        # Without CUDA, torchrun's processes only form a (gloo) DDP group when accelerate is
-        # told it runs on CPU; otherwise each trains alone on the same output_dir.
-        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        **trainer_device_args(launched_engine(), on_gpu),  # use_cpu, ddp_backend: engines.py says why
     )
     return (args_cls or TrainingArguments)(**{**kwargs, **stage_args})
 

@@ -1,0 +1,154 @@
+"""The distributed engine a run is launched under, read from the launcher's environment, and
+the combinations refused before any weight loads.
+
+`torchrun` and `accelerate launch` start `lora-finetune train` unchanged; what they ask for
+reaches transformers' Trainer through environment variables (accelerate's launcher writes
+`ACCELERATE_USE_DEEPSPEED` / `ACCELERATE_USE_FSDP` and the engine's settings). We read the same
+variables to say which engine the run uses, record it, and stop the combinations that would
+otherwise train something else than asked, silently:
+
+- FSDP without CUDA: accelerate picks FSDP only for accelerator devices; on a CPU its state is
+  MULTI_CPU and the FSDP settings are ignored, so the run would be plain DDP with every weight
+  on every process (measured: accelerate 1.16, tests/training/test_engines.py). torch's own
+  `fully_shard` does run on CPU with gloo; accelerate does not route to it.
+- FSDP or ZeRO-3 with a 4-bit / 8-bit base: bitsandbytes weights as our loader stores them cannot
+  be sharded (configs/README.md).
+- DeepSpeed asked for and not installed: transformers would fail deep inside its import.
+
+DeepSpeed runs on a CPU through its CPU accelerator (gloo); there the trainer must not be told
+`use_cpu` (accelerate then drops DeepSpeed as well) but `ddp_backend: gloo`, which
+`trainer_device_args` decides.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    """`single` (one process), `ddp`, `fsdp` or `deepspeed`."""
+    world_size: int = 1
+    """Processes in the run, over all nodes."""
+    nodes: int = 1
+    """Machines (`torchrun --nnodes`; accelerate's `num_machines`)."""
+    zero_stage: int | None = None
+    """DeepSpeed's ZeRO stage, from its JSON file (None when not DeepSpeed or unreadable)."""
+    fsdp_version: int | None = None
+    """FSDP 1 or 2 (accelerate's `fsdp_version`)."""
+
+    @property
+    def shards_weights(self) -> bool:
+        """Whether each process holds only a part of the weights (ZeRO-3, FSDP)."""
+        return self.name == "fsdp" or (self.name == "deepspeed" and self.zero_stage == 3)
+
+    def describe(self) -> str:
+        """One line for the log and the run record's notes."""
+        detail = {
+            "single": "one process",
+            "ddp": "DDP",
+            "fsdp": f"FSDP{self.fsdp_version or ''}",
+            "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}" if self.zero_stage is not None else "DeepSpeed",
+        }[self.name]
+        if self.name == "single":
+            return f"engine: {detail}"
+        where = f" on {self.nodes} nodes" if self.nodes > 1 else ""
+        return f"engine: {detail}, {self.world_size} processes{where}"
+
+
+def _zero_stage(env: Mapping[str, str]) -> int | None:
+    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and Path(path).is_file():
+        import json
+
+        try:
+            stage = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return int(stage) if isinstance(stage, int) else None
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    return int(stage) if stage and stage.isdigit() else None
+
+
+def launched_engine(env: Mapping[str, str] | None = None) -> Engine:
+    """The engine the launcher asked for (read from its environment variables)."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    local = int(env.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    nodes = max(1, world // max(1, local))
+    if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
+        return Engine("deepspeed", world, nodes, zero_stage=_zero_stage(env))
+    if _flag(env, "ACCELERATE_USE_FSDP"):
+        return Engine("fsdp", world, nodes, fsdp_version=int(env.get("FSDP_VERSION", "1") or 1))
+    return Engine("ddp" if world > 1 else "single", world, nodes)
+
+
+def engine_problems(engine: Engine, on_gpu: bool, quantization: str) -> list[str]:
+    """What makes the launch train something else than asked; each with what to do instead."""
+    problems = []
+    if engine.name == "fsdp" and not on_gpu:
+        problems.append(
+            "FSDP needs GPUs: without CUDA, accelerate ignores the FSDP settings and would run plain "
+            "DDP (every weight on every process). On a CPU use DDP: `torchrun --nproc_per_node N -m "
+            "lora_finetune train --config run.yaml`; or DeepSpeed (its CPU accelerator), see "
+            "configs/README.md."
+        )
+    if engine.shards_weights and quantization != "none":
+        what = "FSDP" if engine.name == "fsdp" else "DeepSpeed ZeRO-3"
+        problems.append(
+            f"quantization: {quantization} cannot be used under {what}: bitsandbytes weights as "
+            "lora-finetune loads them are not sharded by it. Use DDP (torchrun) or DeepSpeed ZeRO-2 "
+            "with a quantized base, or quantization: none under "
+            f"{what}."
+        )
+    if engine.name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        problems.append(
+            "the launcher asks for DeepSpeed, which is not installed here: `pip install deepspeed` "
+            "(on every node), or launch with configs/accelerate_ddp.yaml or torchrun for DDP."
+        )
+    return problems
+
+
+def trainer_device_args(engine: Engine, on_gpu: bool) -> dict[str, Any]:
+    """The Trainer's `use_cpu` and `ddp_backend` for the engine on this machine.
+
+    Without CUDA, torchrun's processes only form a (gloo) DDP group when accelerate is told it
+    runs on a CPU (otherwise each trains alone on the same output_dir). DeepSpeed's CPU
+    accelerator forms its own group: `use_cpu` would make accelerate drop DeepSpeed, and without
+    `ddp_backend: gloo` transformers counts one process and fills the JSON file's `auto` batch
+    size for one (DeepSpeed then stops: "train_batch_size is not equal to micro_batch_per_gpu *
+    gradient_acc_step * world_size 1 != 1 * 1 * 2")."""
+    if on_gpu or engine.world_size <= 1:
+        return {"use_cpu": False}
+    if engine.name == "deepspeed":
+        return {"use_cpu": False, "ddp_backend": "gloo"}
+    return {"use_cpu": True}
+
+
+def is_peer_failure(error: BaseException, engine: Engine) -> bool:
+    """Whether a training step failed because another process of the run is gone (killed, out of
+    memory, its node lost): gloo and NCCL then fail the collective this process waits in."""
+    if engine.world_size <= 1:
+        return False
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistBackendError", None), getattr(dist, "DistNetworkError", None)) if k)
+    if isinstance(error, kinds):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL")
+    )
+
+
+__all__ = ["Engine", "engine_problems", "is_peer_failure", "launched_engine", "trainer_device_args"]
