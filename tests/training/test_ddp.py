@@ -109,3 +109,58 @@ def test_launcher_configs_parse():
         assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the trainer
         cfg = load_config_from_file(str(root / f"accelerate_deepspeed_zero{stage}.yaml"))
         assert (root.parent / cfg.deepspeed_config["deepspeed_config_file"]).is_file()
+
+
+def _plan(model, budget: str, **settings):
+    """The plan one process makes for these settings (what every rank of the launch computes)."""
+    from lora_finetune.models import load_tokenizer, meta_model, resolve_target_modules
+    from lora_finetune.training.dataset import prepare_data
+    from lora_finetune.training.planning import plan_memory
+
+    cfg = build_config({"model_name": str(model), **settings, "memory_budget": budget, "output_dir": "unused"})
+    targets = resolve_target_modules(cfg.target_modules, meta_model(str(model)), "qwen3")
+    data = prepare_data(cfg, load_tokenizer(str(model), padding_side="right"), "qwen3")
+    return plan_memory(cfg, str(model), targets, data.stats.longest, __import__("torch").float32)
+
+
+def test_4bit_ddp_plans_one_layout_for_every_process(tiny_qwen3, tmp_path):
+    """QLoRA under torchrun on this CPU (bitsandbytes' CPU path), with an explicit memory_budget,
+    which is per process: each rank plans from the same settings and data, so all take the
+    layout one process would, here the smallest (micro-batch 1 with accumulation 2 and
+    checkpointing; ranks that differed would hang in their first all-reduce). The layout does
+    not change what is learned: the curve is one process's with the same global batch."""
+    settings = {**SETTINGS, "quantization": "4bit", "batch_size": 2}
+    # A budget one byte under the checkpointed layout's estimate leaves only the split one.
+    asked = _plan(tiny_qwen3, "100GB", **settings)
+    checkpointed = _plan(tiny_qwen3, f"{(asked.estimate - 1) / 1024:.3f}KB", **settings)
+    assert checkpointed.changes == {"gradient_checkpointing": True}
+    budget = f"{(checkpointed.estimate - 1) / 1024:.3f}KB"
+    split = _plan(tiny_qwen3, budget, **settings)
+    assert split.changes == {"gradient_checkpointing": True, "batch_size": 1, "gradient_accumulation_steps": 2}
+
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model_name": str(tiny_qwen3), **settings, "memory_budget": budget}))
+    out = tmp_path / "ddp"
+    # glibc's malloc in both (the plan scales activations by the allocator's factor)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LORA_FINETUNE_ALLOCATOR": "system"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "lora_finetune", "train", "--config", str(cfg_file), "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert record["resolved"]["quantization"] == "4bit"
+    assert record["resolved"]["memory_plan"]["used"] == split.changes
+    assert "engine: DDP, 2 processes" in record["resolved"]["notes"]
+
+    single = train(
+        build_config({"model_name": str(tiny_qwen3), **settings, "batch_size": 4, "output_dir": str(tmp_path / "one")})
+    )
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert len(losses(ddp)) == len(losses(single.metrics)) == 4
+    for a, b in zip(losses(ddp), losses(single.metrics)):
+        assert abs(a - b) <= 1e-4 * abs(b), (losses(ddp), losses(single.metrics))

@@ -143,3 +143,20 @@ def test_train_refuses_fsdp_on_a_cpu_before_loading_anything(tiny_qwen3, tmp_pat
         train(tiny_config(tiny_qwen3, tmp_path / "out"))
     assert "FSDP needs GPUs" in str(e.value)
     assert list(tmp_path.iterdir()) == []  # no folder, no partial work, no lock file left
+
+
+def test_the_plan_says_its_estimate_errs_high_when_weights_are_sharded(tiny_qwen3, monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from lora_finetune.training.planning import plan_memory
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with caplog.at_level(logging.INFO, logger="lora_finetune.training.planning"):
+        plan = plan_memory(
+            tiny_config(tiny_qwen3, "unused", memory_budget="100GB"), str(tiny_qwen3), ["q_proj"], 32, torch.float32
+        )
+    assert plan.changes == {}
+    assert "DeepSpeed ZeRO-3 shards the weights, so it errs high" in caplog.text

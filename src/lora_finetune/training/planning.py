@@ -36,6 +36,7 @@ from ..allocator import rss_factor
 from ..config import LoRAFinetuneConfig
 from ..errors import ConfigError
 from ..tools.estimate import GiB, Setup, estimate_memory, free_memory, load_shape, parse_size
+from .engines import launched_engine
 from .kernels import liger_usable
 from .stages import get_stage
 
@@ -158,6 +159,13 @@ def plan_memory(
     budget = budget_bytes(cfg.memory_budget, on_gpu)
     if budget is None:
         return MemoryPlan(None)
+    engine = launched_engine()
+    if engine.shards_weights:
+        log.info(
+            "memory: the budget is per process, and the estimate counts the whole model in each; "
+            "%s shards the weights, so it errs high",
+            engine.describe().removeprefix("engine: ").split(",")[0],
+        )
     shape = load_shape(model_path, cfg.trust_remote_code)
     factor = rss_factor(on_gpu)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
