@@ -12,6 +12,15 @@ import pytest
 pytest.importorskip("bitsandbytes")
 
 
+def _repacks() -> bool:
+    """Whether this bitsandbytes repacks 4-bit weights for a faster CPU kernel (0.49 and later)."""
+    import bitsandbytes as bnb
+
+    from lora_finetune.models.bnb_cpu import FLAG
+
+    return hasattr(bnb.nn.Linear4bit(64, 64), FLAG)
+
+
 def _tiny80(folder: Path) -> Path:
     """A tiny Qwen3 whose widths (80, 160) are not multiples of 64."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
@@ -41,7 +50,9 @@ def test_odd_widths_train_evaluate_and_generate_in_4bit(tmp_path):
     model = _tiny80(tmp_path / "tiny80")
     res = train(tiny_config(model, tmp_path / "q4", quantization="4bit", steps=2))
     assert res.resolved.quantization == "4bit" and res.metrics["eval_loss"] is not None
-    assert any("model.layers.0.self_attn.q_proj (80 -> 80)" in n for n in res.resolved.notes)
+    noted = any("model.layers.0.self_attn.q_proj (80 -> 80)" in n for n in res.resolved.notes)
+    # bitsandbytes < 0.49 (our floor is 0.48) has no repacked CPU kernel: nothing to keep apart.
+    assert noted == _repacks()
     im = load_for_inference(res.output_dir)
     out = generate(im, [{"messages": [{"role": "user", "content": "中国的首都是哪里？"}]}], max_new_tokens=3)
     assert len(out) == 1 and im.quantization == "4bit"
@@ -58,5 +69,8 @@ def test_only_the_layers_that_do_not_fit_leave_the_fast_kernel(tmp_path, tiny_qw
     assert unpackable_layers(fits) == []
     odd = load_model(str(_tiny80(tmp_path / "tiny80")), quantization="4bit", for_training=False).model
     bad = unpackable_layers(odd)
+    if not _repacks():
+        assert bad == []  # no layer carries the kernel choice: every one takes the generic path
+        return
     assert ("model.layers.0.mlp.down_proj", 160, 80) in bad
     assert all(getattr(odd.get_submodule(name), FLAG) is False for name, _, _ in bad)
