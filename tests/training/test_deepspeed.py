@@ -134,3 +134,20 @@ def test_zero3_adapter_saved_from_the_gather_loads_and_answers(tiny_qwen3, tmp_p
     reference = load_for_inference(one_process)
     question = "中国的首都是哪里？"
     assert answer(im, question, max_new_tokens=6) == answer(reference, question, max_new_tokens=6)
+
+
+def test_zero2_with_a_4bit_base(tiny_qwen3, tmp_path):
+    """QLoRA under ZeRO-2 (which shards optimizer state and gradients, not weights): the 4-bit
+    base loads in every process and the curve is one process's with the same global batch."""
+    run_yaml = write_run_config(tmp_path, tiny_qwen3, quantization="4bit")
+    out = tmp_path / "out"
+    proc = accelerate_launch("accelerate_deepspeed_zero2.yaml", 2, train_target(run_yaml, out), _env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["resolved"]["quantization"] == "4bit"
+    one = tmp_path / "one"
+    train(
+        build_config(
+            {"model_name": str(tiny_qwen3), **SETTINGS, "quantization": "4bit", "batch_size": 2, "output_dir": str(one)}
+        )
+    )
+    assert_same_curve(out, one)

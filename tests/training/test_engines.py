@@ -60,7 +60,7 @@ def test_deepspeed_without_a_readable_file_is_still_deepspeed(tmp_path):
         e = launched_engine(env)
         assert e.name == "deepspeed"
     assert launched_engine({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}).zero_stage == 3
-    assert launched_engine({"ACCELERATE_USE_DEEPSPEED": "true"}).describe() == "engine: DeepSpeed, 1 processes"
+    assert launched_engine({"ACCELERATE_USE_DEEPSPEED": "true"}).describe() == "engine: DeepSpeed, 1 process"
 
 
 def test_fsdp_on_a_cpu_is_refused_with_what_to_use_instead():
@@ -160,3 +160,35 @@ def test_the_plan_says_its_estimate_errs_high_when_weights_are_sharded(tiny_qwen
         )
     assert plan.changes == {}
     assert "DeepSpeed ZeRO-3 shards the weights, so it errs high" in caplog.text
+
+
+def test_a_deepspeed_file_that_is_not_there_or_not_json_is_named(tmp_path, monkeypatch, deepspeed_installed):
+    """accelerate's configs name the JSON file relative to where the command runs; from another
+    folder DeepSpeed would fail deep inside transformers ("Expected a string path to an existing
+    deepspeed config")."""
+    monkeypatch.chdir(tmp_path)
+    absent = launched_engine(
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/ds.json"}
+    )
+    (problem,) = engine_problems(absent, on_gpu=True, quantization="none")
+    assert "configs/ds.json" in problem and f"relative to the current folder {tmp_path}" in problem
+    assert "does not exist" in problem and "absolute path" in problem
+
+    bad = tmp_path / "ds.json"
+    bad.write_text('{\n  "zero_optimization": {"stage": 3,}\n}\n')
+    broken = launched_engine({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(bad)})
+    (problem,) = engine_problems(broken, on_gpu=True, quantization="none")
+    assert f"{bad}, line 2" in problem and "Fix the JSON" in problem
+
+    (tmp_path / "folder.json").mkdir()
+    folder = launched_engine({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "folder.json"})
+    assert "is a folder" in engine_problems(folder, on_gpu=True, quantization="none")[0]
+
+
+def test_the_shipped_deepspeed_files_read_cleanly():
+    from launching import CONFIGS
+
+    for stage in (2, 3):
+        path = str(CONFIGS / f"deepspeed_zero{stage}.json")
+        engine = launched_engine({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": path})
+        assert engine.zero_stage == stage

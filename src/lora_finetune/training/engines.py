@@ -46,6 +46,8 @@ class Engine:
     """DeepSpeed's ZeRO stage, from its JSON file (None when not DeepSpeed or unreadable)."""
     fsdp_version: int | None = None
     """FSDP 1 or 2 (accelerate's `fsdp_version`)."""
+    deepspeed_config: str | None = None
+    """The DeepSpeed JSON file the accelerate config names (`deepspeed_config_file`), as given."""
 
     @property
     def shards_weights(self) -> bool:
@@ -63,19 +65,41 @@ class Engine:
         if self.name == "single":
             return f"engine: {detail}"
         where = f" on {self.nodes} nodes" if self.nodes > 1 else ""
-        return f"engine: {detail}, {self.world_size} processes{where}"
+        processes = f"{self.world_size} process{'es' if self.world_size != 1 else ''}"
+        return f"engine: {detail}, {processes}{where}"
+
+
+def read_deepspeed_json(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the file's settings, None) or (None, what is wrong with it, to tell the user)."""
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        where = "" if file.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        what = "is a folder" if file.is_dir() else "does not exist"
+        return None, (
+            f"the DeepSpeed config file {path}{where}, named by the accelerate config's "
+            f"deepspeed_config_file, {what}. Run from the folder it is relative to (the repository "
+            "root for configs/), or give its absolute path in the accelerate config."
+        )
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return None, f"the DeepSpeed config file {path}, line {e.lineno}, column {e.colno}: {e.msg}. Fix the JSON."
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"the DeepSpeed config file {path} cannot be read ({e}). Check it."
+    if not isinstance(settings, dict):
+        return None, f"the DeepSpeed config file {path} holds {type(settings).__name__}, not an object of settings."
+    return settings, None
 
 
 def _zero_stage(env: Mapping[str, str]) -> int | None:
     path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and Path(path).is_file():
-        import json
-
-        try:
-            stage = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return int(stage) if isinstance(stage, int) else None
+    if path:
+        settings, _ = read_deepspeed_json(path)
+        zero = (settings or {}).get("zero_optimization")
+        stage = zero.get("stage") if isinstance(zero, dict) else None
+        return stage if isinstance(stage, int) else None
     stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     return int(stage) if stage and stage.isdigit() else None
 
@@ -87,7 +111,13 @@ def launched_engine(env: Mapping[str, str] | None = None) -> Engine:
     local = int(env.get("LOCAL_WORLD_SIZE", str(world)) or world)
     nodes = max(1, world // max(1, local))
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
-        return Engine("deepspeed", world, nodes, zero_stage=_zero_stage(env))
+        return Engine(
+            "deepspeed",
+            world,
+            nodes,
+            zero_stage=_zero_stage(env),
+            deepspeed_config=env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None,
+        )
     if _flag(env, "ACCELERATE_USE_FSDP"):
         return Engine("fsdp", world, nodes, fsdp_version=int(env.get("FSDP_VERSION", "1") or 1))
     return Engine("ddp" if world > 1 else "single", world, nodes)
@@ -111,6 +141,10 @@ def engine_problems(engine: Engine, on_gpu: bool, quantization: str) -> list[str
             "with a quantized base, or quantization: none under "
             f"{what}."
         )
+    if engine.deepspeed_config:
+        _, wrong = read_deepspeed_json(engine.deepspeed_config)
+        if wrong:
+            problems.append(wrong)
     if engine.name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         problems.append(
             "the launcher asks for DeepSpeed, which is not installed here: `pip install deepspeed` "
@@ -151,4 +185,11 @@ def is_peer_failure(error: BaseException, engine: Engine) -> bool:
     )
 
 
-__all__ = ["Engine", "engine_problems", "is_peer_failure", "launched_engine", "trainer_device_args"]
+__all__ = [
+    "Engine",
+    "engine_problems",
+    "is_peer_failure",
+    "launched_engine",
+    "read_deepspeed_json",
+    "trainer_device_args",
+]
