@@ -14,25 +14,12 @@ import sys
 
 import pytest
 import yaml
+from launching import SETTINGS  # the engine tests' run: 4 steps, no dropout, random order
 
 from lora_finetune.config import build_config
 from lora_finetune.training.run import train
 
 pytestmark = pytest.mark.slow  # two processes
-
-SETTINGS = {
-    "steps": 4,
-    "learning_rate": 1e-3,
-    "logging_steps": 1,
-    "eval_fraction": 0.0,
-    "r": 4,
-    "alpha": 8,
-    "dropout": 0.0,
-    "save_steps": 2,
-    # Length grouping builds its batches from the per-device batch size, so DDP and one
-    # process would see the samples in a different order; random order is the same.
-    "group_by_length": False,
-}
 
 
 def losses(metrics: dict) -> list[float]:

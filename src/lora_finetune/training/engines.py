@@ -9,11 +9,12 @@ otherwise train something else than asked, silently:
 
 - FSDP without CUDA: accelerate picks FSDP only for accelerator devices; on a CPU its state is
   MULTI_CPU and the FSDP settings are ignored, so the run would be plain DDP with every weight
-  on every process (measured: accelerate 1.16, tests/training/test_engines.py). torch's own
+  on every process (measured: accelerate 1.16; tests/training/test_fsdp.py pins it). torch's own
   `fully_shard` does run on CPU with gloo; accelerate does not route to it.
 - FSDP or ZeRO-3 with a 4-bit / 8-bit base: bitsandbytes weights as our loader stores them cannot
   be sharded (configs/README.md).
-- DeepSpeed asked for and not installed: transformers would fail deep inside its import.
+- DeepSpeed asked for and not installed, or its JSON file missing (accelerate's configs name it
+  relative to where the command runs), a folder or broken: transformers would fail deep inside.
 
 DeepSpeed runs on a CPU through its CPU accelerator (gloo); there the trainer must not be told
 `use_cpu` (accelerate then drops DeepSpeed as well) but `ddp_backend: gloo`, which
