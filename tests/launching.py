@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,34 @@ SETTINGS: dict[str, Any] = {
     "group_by_length": False,
     "batch_size": 1,
 }
+
+
+# `python killer.py run.yaml output_dir go_file`: trains; rank 0 pauses after its step-2 checkpoint
+# (touching go_file.paused) until go_file exists; rank 1 SIGKILLs itself after its step-4 one.
+KILL_RANK_1 = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from transformers import TrainerCallback
+    from lora_finetune.cli import _setup_logging
+    from lora_finetune.config import load_config
+    from lora_finetune.training import train
+
+    go = Path(sys.argv[3])
+
+    class PauseThenKill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            rank = os.environ["RANK"]
+            if state.global_step == 2 and rank == "0":
+                Path(str(go) + ".paused").touch()  # the test checks the lock now
+                deadline = time.time() + 120
+                while not go.exists() and time.time() < deadline:
+                    time.sleep(0.1)
+            if state.global_step == 4 and rank == "1":
+                os.kill(os.getpid(), signal.SIGKILL)  # after the checkpoint is complete
+
+    _setup_logging()
+    train(load_config(sys.argv[1], {"output_dir": sys.argv[2]}), callbacks=[PauseThenKill()])
+""")
 
 
 def write_run_config(folder: Path, model: Path, **overrides: Any) -> Path:
@@ -89,6 +118,7 @@ def assert_same_adapter(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 
 __all__ = [
+    "KILL_RANK_1",
     "CONFIGS",
     "DEEPSPEED_SITE",
     "REPO",

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from launching import (
     DEEPSPEED_SITE,
+    KILL_RANK_1,
     SETTINGS,
     accelerate_launch,
     assert_same_adapter,
@@ -151,3 +152,27 @@ def test_zero2_with_a_4bit_base(tiny_qwen3, tmp_path):
         )
     )
     assert_same_curve(out, one)
+
+
+def test_zero3_killed_rank_resumes_to_one_process_adapter(tiny_qwen3, tmp_path):
+    """SIGKILL on rank 1 after the step-4 checkpoint (DeepSpeed's sharded states and our COMPLETE
+    marker written); rank 0 says how to resume; `--resume` on both ends as one process would."""
+    run_yaml = write_run_config(tmp_path, tiny_qwen3, steps=8)
+    out, go = tmp_path / "out", tmp_path / "go"
+    go.touch()  # no pause
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILL_RANK_1)
+    proc = accelerate_launch(
+        "accelerate_deepspeed_zero3.yaml", 2, [str(killer), str(run_yaml), str(out), str(go)], _env()
+    )
+    assert proc.returncode != 0 and "Another process of this run stopped at step 4" in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+
+    proc = accelerate_launch("accelerate_deepspeed_zero3.yaml", 2, train_target(run_yaml, out, "--resume"), _env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
+    one = tmp_path / "one"
+    train(
+        build_config({"model_name": str(tiny_qwen3), **SETTINGS, "steps": 8, "batch_size": 2, "output_dir": str(one)})
+    )
+    assert_same_adapter(out, one)

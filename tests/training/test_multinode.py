@@ -17,11 +17,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
-from launching import SETTINGS, assert_same_adapter, launch_env, losses, run, write_run_config
+from launching import KILL_RANK_1, SETTINGS, assert_same_adapter, launch_env, losses, run, write_run_config
 
 from lora_finetune.config import build_config
 from lora_finetune.training import train
@@ -30,31 +29,6 @@ from lora_finetune.training.callbacks import last_complete_checkpoint
 pytestmark = pytest.mark.slow  # four multi-process runs
 
 STEPS = 8
-
-KILLED_ON_NODE_1 = textwrap.dedent("""
-    import os, signal, sys, time
-    from pathlib import Path
-    from transformers import TrainerCallback
-    from lora_finetune.cli import _setup_logging
-    from lora_finetune.config import load_config
-    from lora_finetune.training import train
-
-    go = Path(sys.argv[3])
-
-    class PauseThenKill(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            rank = os.environ["RANK"]
-            if state.global_step == 2 and rank == "0":
-                Path(str(go) + ".paused").touch()  # the test checks the lock now
-                deadline = time.time() + 120
-                while not go.exists() and time.time() < deadline:
-                    time.sleep(0.1)
-            if state.global_step == 4 and rank == "1":
-                os.kill(os.getpid(), signal.SIGKILL)  # after the checkpoint is complete
-
-    _setup_logging()
-    train(load_config(sys.argv[1], {"output_dir": sys.argv[2]}), callbacks=[PauseThenKill()])
-""")
 
 
 def _free_port() -> int:
@@ -91,7 +65,7 @@ def test_two_nodes_lock_kill_and_resume(tiny_qwen3, tmp_path):
     run_yaml = write_run_config(tmp_path, tiny_qwen3, steps=STEPS)
     out, go = tmp_path / "out", tmp_path / "go"
     killer = tmp_path / "killer.py"
-    killer.write_text(KILLED_ON_NODE_1)
+    killer.write_text(KILL_RANK_1)
 
     procs = _start(_nodes([str(killer), str(run_yaml), str(out), str(go)]), tmp_path)
     try:
