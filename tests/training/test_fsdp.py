@@ -38,9 +38,13 @@ def test_fsdp_config_on_a_cpu_is_refused_before_any_work(tiny_qwen3, tmp_path):
 
 
 PROBE_ACCELERATE = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
     from accelerate import Accelerator
     # What transformers' Trainer builds for DDP on a CPU (use_cpu), under the FSDP launch's variables.
-    print("TYPE", Accelerator(cpu=True).distributed_type.value, flush=True)
+    # (A file per rank: the two processes' prints interleave on a shared stdout.)
+    kind = Accelerator(cpu=True).distributed_type.value
+    Path(sys.argv[1], "rank" + os.environ["RANK"]).write_text(kind)
 """)
 
 
@@ -50,13 +54,13 @@ def test_accelerate_drops_fsdp_on_a_cpu(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE_ACCELERATE)
     env = launch_env(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP")
-    proc = run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)], env
-    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = run([*cmd, str(script), str(tmp_path)], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("TYPE MULTI_CPU") == 2, (
+    kinds = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    assert kinds == ["MULTI_CPU", "MULTI_CPU"], (
         "accelerate no longer turns FSDP into MULTI_CPU on a CPU: lift the refusal in "
-        f"training/engines.py and test FSDP through the Trainer here.\n{proc.stdout}"
+        f"training/engines.py and test FSDP through the Trainer here. ({kinds})"
     )
 
 
