@@ -131,6 +131,10 @@ def test_peer_failures_are_recognised_only_with_peers():
     assert is_peer_failure(lost, Engine("ddp", 2))
     assert not is_peer_failure(lost, Engine("single"))
     assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), Engine("ddp", 2))
+    # NCCL's (and gloo's collective) errors come as torch's DistBackendError, whatever their text
+    import torch.distributed as dist
+
+    assert is_peer_failure(dist.DistBackendError("NCCL communicator was aborted"), Engine("ddp", 2))
 
 
 def test_train_refuses_fsdp_on_a_cpu_before_loading_anything(tiny_qwen3, tmp_path, monkeypatch):

@@ -47,27 +47,32 @@ class Engine:
     """DeepSpeed's ZeRO stage, from its JSON file (None when not DeepSpeed or unreadable)."""
     fsdp_version: int | None = None
     """FSDP 1 or 2 (accelerate's `fsdp_version`)."""
-    deepspeed_config: str | None = None
-    """The DeepSpeed JSON file the accelerate config names (`deepspeed_config_file`), as given."""
+    deepspeed_problem: str | None = None
+    """What is wrong with the DeepSpeed JSON file the accelerate config names
+    (`deepspeed_config_file`): missing, a folder, broken; None when it reads or none is named."""
 
     @property
     def shards_weights(self) -> bool:
         """Whether each process holds only a part of the weights (ZeRO-3, FSDP)."""
         return self.name == "fsdp" or (self.name == "deepspeed" and self.zero_stage == 3)
 
-    def describe(self) -> str:
-        """One line for the log and the run record's notes."""
-        detail = {
+    @property
+    def label(self) -> str:
+        """The engine's name as users know it: `DDP`, `FSDP2`, `DeepSpeed ZeRO-3`."""
+        return {
             "single": "one process",
             "ddp": "DDP",
             "fsdp": f"FSDP{self.fsdp_version or ''}",
             "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}" if self.zero_stage is not None else "DeepSpeed",
         }[self.name]
+
+    def describe(self) -> str:
+        """One line for the log and the run record's notes."""
         if self.name == "single":
-            return f"engine: {detail}"
+            return f"engine: {self.label}"
         where = f" on {self.nodes} nodes" if self.nodes > 1 else ""
         processes = f"{self.world_size} process{'es' if self.world_size != 1 else ''}"
-        return f"engine: {detail}, {processes}{where}"
+        return f"engine: {self.label}, {processes}{where}"
 
 
 def read_deepspeed_json(path: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -94,15 +99,19 @@ def read_deepspeed_json(path: str) -> tuple[dict[str, Any] | None, str | None]:
     return settings, None
 
 
-def _zero_stage(env: Mapping[str, str]) -> int | None:
+def _deepspeed(env: Mapping[str, str], world: int, nodes: int) -> Engine:
+    """DeepSpeed's engine: its ZeRO stage from the JSON file when one is named (accelerate's
+    `ACCELERATE_DEEPSPEED_ZERO_STAGE` otherwise), the file read once."""
     path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if path:
-        settings, _ = read_deepspeed_json(path)
+        settings, problem = read_deepspeed_json(path)
         zero = (settings or {}).get("zero_optimization")
         stage = zero.get("stage") if isinstance(zero, dict) else None
-        return stage if isinstance(stage, int) else None
-    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    return int(stage) if stage and stage.isdigit() else None
+        stage = stage if isinstance(stage, int) else None
+    else:
+        problem, stage_text = None, env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        stage = int(stage_text) if stage_text and stage_text.isdigit() else None
+    return Engine("deepspeed", world, nodes, zero_stage=stage, deepspeed_problem=problem)
 
 
 def launched_engine(env: Mapping[str, str] | None = None) -> Engine:
@@ -112,13 +121,7 @@ def launched_engine(env: Mapping[str, str] | None = None) -> Engine:
     local = int(env.get("LOCAL_WORLD_SIZE", str(world)) or world)
     nodes = max(1, world // max(1, local))
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
-        return Engine(
-            "deepspeed",
-            world,
-            nodes,
-            zero_stage=_zero_stage(env),
-            deepspeed_config=env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None,
-        )
+        return _deepspeed(env, world, nodes)
     if _flag(env, "ACCELERATE_USE_FSDP"):
         return Engine("fsdp", world, nodes, fsdp_version=int(env.get("FSDP_VERSION", "1") or 1))
     return Engine("ddp" if world > 1 else "single", world, nodes)
@@ -142,10 +145,8 @@ def engine_problems(engine: Engine, on_gpu: bool, quantization: str) -> list[str
             "with a quantized base, or quantization: none under "
             f"{what}."
         )
-    if engine.deepspeed_config:
-        _, wrong = read_deepspeed_json(engine.deepspeed_config)
-        if wrong:
-            problems.append(wrong)
+    if engine.deepspeed_problem:
+        problems.append(engine.deepspeed_problem)
     if engine.name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         problems.append(
             "the launcher asks for DeepSpeed, which is not installed here: `pip install deepspeed` "
@@ -181,8 +182,9 @@ def is_peer_failure(error: BaseException, engine: Engine) -> bool:
     if isinstance(error, kinds):
         return True
     text = str(error)
+    # (NCCL's errors are DistBackendError; gloo's lost peer is a plain RuntimeError.)
     return isinstance(error, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL")
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
     )
 
 

@@ -164,7 +164,7 @@ def plan_memory(
         log.info(
             "memory: the budget is per process, and the estimate counts the whole model in each; "
             "%s shards the weights, so it errs high",
-            engine.describe().removeprefix("engine: ").split(",")[0],
+            engine.label,
         )
     shape = load_shape(model_path, cfg.trust_remote_code)
     factor = rss_factor(on_gpu)
