@@ -8,53 +8,25 @@ curve as one process with the same global batch.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import yaml
-from launching import SETTINGS  # the engine tests' run: 4 steps, no dropout, random order
+from launching import CONFIGS, REPO, SETTINGS, launch_env, losses, run, train_target, write_run_config
 
 from lora_finetune.config import build_config
 from lora_finetune.training.run import train
 
 pytestmark = pytest.mark.slow  # two processes
 
-
-def losses(metrics: dict) -> list[float]:
-    return [h["loss"] for h in metrics["log_history"] if "loss" in h]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def test_torchrun_ddp_matches_single_process(tiny_qwen3, tmp_path):
-    cfg_file = tmp_path / "run.yaml"
     # Settings go in a config file: torchrun's own parser would take `--r` for `--rdzv...`.
-    cfg_file.write_text(yaml.safe_dump({"model_name": str(tiny_qwen3), **SETTINGS}))
+    cfg_file = write_run_config(tmp_path, tiny_qwen3)
     out = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "lora_finetune",
-            "train",
-            "--config",
-            str(cfg_file),
-            "--batch_size",
-            "1",
-            "--output_dir",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run(TORCHRUN + train_target(cfg_file, out, "--batch_size", "1"), launch_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # One finished folder, written once (rank 0), nothing left behind.
@@ -70,19 +42,17 @@ def test_torchrun_ddp_matches_single_process(tiny_qwen3, tmp_path):
     )
     # Same global batch (2 x 1 vs 1 x 2), same samples per step, token-averaged loss across
     # ranks: the curves agree to float32 rounding.
-    assert len(losses(ddp)) == len(losses(single.metrics)) == 4
-    for a, b in zip(losses(ddp), losses(single.metrics)):
+    assert len(losses(out)) == len(losses(single.output_dir)) == 4
+    for a, b in zip(losses(out), losses(single.output_dir)):
         assert abs(a - b) <= 1e-4 * abs(b)
     assert ddp["real_tokens_seen"] == single.metrics["real_tokens_seen"]
 
 
 def test_launcher_configs_parse():
     """The accelerate / DeepSpeed files in configs/ are what accelerate and DeepSpeed read."""
-    from pathlib import Path
-
     from accelerate.commands.config.config_args import load_config_from_file
 
-    root = Path(__file__).resolve().parents[2] / "configs"
+    root = CONFIGS
     kinds = {p.name: load_config_from_file(str(p)).distributed_type.value for p in root.glob("accelerate_*.yaml")}
     assert kinds == {
         "accelerate_ddp.yaml": "MULTI_GPU",
@@ -95,7 +65,7 @@ def test_launcher_configs_parse():
         assert ds["zero_optimization"]["stage"] == stage
         assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the trainer
         cfg = load_config_from_file(str(root / f"accelerate_deepspeed_zero{stage}.yaml"))
-        assert (root.parent / cfg.deepspeed_config["deepspeed_config_file"]).is_file()
+        assert (REPO / cfg.deepspeed_config["deepspeed_config_file"]).is_file()
 
 
 def _plan(model, budget: str, **settings):
@@ -125,19 +95,10 @@ def test_4bit_ddp_plans_one_layout_for_every_process(tiny_qwen3, tmp_path):
     split = _plan(tiny_qwen3, budget, **settings)
     assert split.changes == {"gradient_checkpointing": True, "batch_size": 1, "gradient_accumulation_steps": 2}
 
-    cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(yaml.safe_dump({"model_name": str(tiny_qwen3), **settings, "memory_budget": budget}))
+    cfg_file = write_run_config(tmp_path, tiny_qwen3, **settings, memory_budget=budget)
     out = tmp_path / "ddp"
     # glibc's malloc in both (the plan scales activations by the allocator's factor)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LORA_FINETUNE_ALLOCATOR": "system"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, "-m", "lora_finetune", "train", "--config", str(cfg_file), "--output_dir", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run(TORCHRUN + train_target(cfg_file, out), launch_env(LORA_FINETUNE_ALLOCATOR="system"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = yaml.safe_load((out / "run_config.yaml").read_text())
     assert record["resolved"]["quantization"] == "4bit"
@@ -147,7 +108,6 @@ def test_4bit_ddp_plans_one_layout_for_every_process(tiny_qwen3, tmp_path):
     single = train(
         build_config({"model_name": str(tiny_qwen3), **settings, "batch_size": 4, "output_dir": str(tmp_path / "one")})
     )
-    ddp = json.loads((out / "metrics.json").read_text())
-    assert len(losses(ddp)) == len(losses(single.metrics)) == 4
-    for a, b in zip(losses(ddp), losses(single.metrics)):
-        assert abs(a - b) <= 1e-4 * abs(b), (losses(ddp), losses(single.metrics))
+    assert len(losses(out)) == len(losses(single.output_dir)) == 4
+    for a, b in zip(losses(out), losses(single.output_dir)):
+        assert abs(a - b) <= 1e-4 * abs(b), (losses(out), losses(single.output_dir))
