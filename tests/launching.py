@@ -94,6 +94,14 @@ def train_target(run_yaml: Path, out: Path, *extra: str) -> list[str]:
     return ["-m", "lora_finetune", "train", "--config", str(run_yaml), "--output_dir", str(out), *extra]
 
 
+def train_one_process(model: Path, out: Path, **overrides: Any) -> Path:
+    """The same run in this process, for the comparison (give it the launch's global batch)."""
+    from lora_finetune.config import build_config
+    from lora_finetune.training import train
+
+    return train(build_config({"model_name": str(model), **SETTINGS, **overrides, "output_dir": str(out)})).output_dir
+
+
 def losses(folder: Path) -> list[float]:
     history = json.loads((folder / "metrics.json").read_text())["log_history"]
     return [h["loss"] for h in history if "loss" in h]
@@ -129,6 +137,7 @@ __all__ = [
     "launch_env",
     "losses",
     "run",
+    "train_one_process",
     "train_target",
     "write_run_config",
 ]

@@ -12,10 +12,19 @@ import sys
 
 import pytest
 import yaml
-from launching import CONFIGS, REPO, SETTINGS, launch_env, losses, run, train_target, write_run_config
+from launching import (
+    CONFIGS,
+    REPO,
+    SETTINGS,
+    launch_env,
+    losses,
+    run,
+    train_one_process,
+    train_target,
+    write_run_config,
+)
 
 from lora_finetune.config import build_config
-from lora_finetune.training.run import train
 
 pytestmark = pytest.mark.slow  # two processes
 
@@ -35,17 +44,13 @@ def test_torchrun_ddp_matches_single_process(tiny_qwen3, tmp_path):
     ddp = json.loads((out / "metrics.json").read_text())
     assert ddp["steps"] == 4
 
-    single = train(
-        build_config(
-            {"model_name": str(tiny_qwen3), **SETTINGS, "batch_size": 2, "output_dir": str(tmp_path / "single")}
-        )
-    )
+    single = train_one_process(tiny_qwen3, tmp_path / "single", batch_size=2)
     # Same global batch (2 x 1 vs 1 x 2), same samples per step, token-averaged loss across
     # ranks: the curves agree to float32 rounding.
-    assert len(losses(out)) == len(losses(single.output_dir)) == 4
-    for a, b in zip(losses(out), losses(single.output_dir)):
+    assert len(losses(out)) == len(losses(single)) == 4
+    for a, b in zip(losses(out), losses(single)):
         assert abs(a - b) <= 1e-4 * abs(b)
-    assert ddp["real_tokens_seen"] == single.metrics["real_tokens_seen"]
+    assert ddp["real_tokens_seen"] == json.loads((single / "metrics.json").read_text())["real_tokens_seen"]
 
 
 def test_launcher_configs_parse():
@@ -105,9 +110,7 @@ def test_4bit_ddp_plans_one_layout_for_every_process(tiny_qwen3, tmp_path):
     assert record["resolved"]["memory_plan"]["used"] == split.changes
     assert "engine: DDP, 2 processes" in record["resolved"]["notes"]
 
-    single = train(
-        build_config({"model_name": str(tiny_qwen3), **settings, "batch_size": 4, "output_dir": str(tmp_path / "one")})
-    )
-    assert len(losses(out)) == len(losses(single.output_dir)) == 4
-    for a, b in zip(losses(out), losses(single.output_dir)):
-        assert abs(a - b) <= 1e-4 * abs(b), (losses(out), losses(single.output_dir))
+    single = train_one_process(tiny_qwen3, tmp_path / "one", quantization="4bit", batch_size=4)
+    assert len(losses(out)) == len(losses(single)) == 4
+    for a, b in zip(losses(out), losses(single)):
+        assert abs(a - b) <= 1e-4 * abs(b), (losses(out), losses(single))

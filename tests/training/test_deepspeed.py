@@ -24,17 +24,14 @@ import yaml
 from launching import (
     DEEPSPEED_SITE,
     KILL_RANK_1,
-    SETTINGS,
     accelerate_launch,
     assert_same_adapter,
     assert_same_curve,
     launch_env,
+    train_one_process,
     train_target,
     write_run_config,
 )
-
-from lora_finetune.config import build_config
-from lora_finetune.training import train
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,8 +72,7 @@ def _env():
 def one_process(tiny_qwen3, tmp_path_factory):
     """The same run in one process with the same global batch (2)."""
     out = tmp_path_factory.mktemp("single") / "out"
-    train(build_config({"model_name": str(tiny_qwen3), **SETTINGS, "batch_size": 2, "output_dir": str(out)}))
-    return out
+    return train_one_process(tiny_qwen3, out, batch_size=2)
 
 
 def _leaves(value):
@@ -145,13 +141,7 @@ def test_zero2_with_a_4bit_base(tiny_qwen3, tmp_path):
     proc = accelerate_launch("accelerate_deepspeed_zero2.yaml", 2, train_target(run_yaml, out), _env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert yaml.safe_load((out / "run_config.yaml").read_text())["resolved"]["quantization"] == "4bit"
-    one = tmp_path / "one"
-    train(
-        build_config(
-            {"model_name": str(tiny_qwen3), **SETTINGS, "quantization": "4bit", "batch_size": 2, "output_dir": str(one)}
-        )
-    )
-    assert_same_curve(out, one)
+    assert_same_curve(out, train_one_process(tiny_qwen3, tmp_path / "one", quantization="4bit", batch_size=2))
 
 
 def test_zero3_killed_rank_resumes_to_one_process_adapter(tiny_qwen3, tmp_path):
@@ -171,8 +161,4 @@ def test_zero3_killed_rank_resumes_to_one_process_adapter(tiny_qwen3, tmp_path):
     proc = accelerate_launch("accelerate_deepspeed_zero3.yaml", 2, train_target(run_yaml, out, "--resume"), _env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
-    one = tmp_path / "one"
-    train(
-        build_config({"model_name": str(tiny_qwen3), **SETTINGS, "steps": 8, "batch_size": 2, "output_dir": str(one)})
-    )
-    assert_same_adapter(out, one)
+    assert_same_adapter(out, train_one_process(tiny_qwen3, tmp_path / "one", steps=8, batch_size=2))

@@ -20,10 +20,17 @@ import sys
 import time
 
 import pytest
-from launching import KILL_RANK_1, SETTINGS, assert_same_adapter, launch_env, losses, run, write_run_config
+from launching import (
+    KILL_RANK_1,
+    assert_same_adapter,
+    launch_env,
+    losses,
+    run,
+    train_one_process,
+    train_target,
+    write_run_config,
+)
 
-from lora_finetune.config import build_config
-from lora_finetune.training import train
 from lora_finetune.training.callbacks import last_complete_checkpoint
 
 pytestmark = pytest.mark.slow  # four multi-process runs
@@ -74,10 +81,7 @@ def test_two_nodes_lock_kill_and_resume(tiny_qwen3, tmp_path):
             assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not reach step 2"
             time.sleep(0.2)
         # The group holds the folder: a second run on it is refused, the running one untouched.
-        other = run(
-            [sys.executable, "-m", "lora_finetune", "train", "--config", str(run_yaml), "--output_dir", str(out)],
-            launch_env(),
-        )
+        other = run([sys.executable, *train_target(run_yaml, out)], launch_env())
         assert other.returncode == 2, other.stderr[-2000:]
         assert "is being written by another process" in other.stderr
     finally:
@@ -93,7 +97,7 @@ def test_two_nodes_lock_kill_and_resume(tiny_qwen3, tmp_path):
     assert ckpt is not None and ckpt.name == "checkpoint-4"
 
     # Both nodes again, with --resume: the run ends, once, where an uninterrupted one would.
-    target = ["-m", "lora_finetune", "train", "--config", str(run_yaml), "--output_dir", str(out), "--resume"]
+    target = train_target(run_yaml, out, "--resume")
     (rc0, out0, err0), (rc1, out1, err1) = _finish(_start(_nodes(target), tmp_path))
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
@@ -101,17 +105,7 @@ def test_two_nodes_lock_kill_and_resume(tiny_qwen3, tmp_path):
     assert out0.count("Done (metrics.json)") == 1 and "Done" not in out1  # rank 0 reports
     assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "go.paused", "killer.py", "out", "run.yaml"]
 
-    single = train(
-        build_config(
-            {
-                "model_name": str(tiny_qwen3),
-                **SETTINGS,
-                "steps": STEPS,
-                "batch_size": 2,
-                "output_dir": str(tmp_path / "one"),
-            }
-        )
-    ).output_dir
+    single = train_one_process(tiny_qwen3, tmp_path / "one", steps=STEPS, batch_size=2)
     resumed, whole = losses(out), losses(single)
     assert len(whole) == STEPS and len(resumed) >= STEPS - 4
     for a, b in zip(resumed[-(STEPS - 4) :], whole[-(STEPS - 4) :]):
