@@ -407,10 +407,20 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
                 log.debug("estimate failed", exc_info=e)
                 return t("no_estimate", lang_v, error=t("error_lead", lang_v) + f"{type(e).__name__}: {e}")
 
+        # One estimate at a time, in the order asked, the latest kept: with a listener per field,
+        # typing r then max_length ran two estimates at once, and the older one (r still 8) could
+        # finish last and stay on the page.
         est_inputs = [lang, model, trust, *setting_inputs]
-        for comp in [model, *(settings[n] for n in ESTIMATE_FIELDS)]:
-            comp.change(on_estimate, est_inputs, estimate, show_progress="hidden")
-        demo.load(on_estimate, est_inputs, estimate, show_progress="hidden")
+        one_at_a_time = dict(show_progress="hidden", concurrency_id="estimate", concurrency_limit=1)
+        gr.on(
+            [lang.change, model.change, *(settings[n].change for n in ESTIMATE_FIELDS)],
+            on_estimate,
+            est_inputs,
+            estimate,
+            trigger_mode="always_last",
+            **one_at_a_time,
+        )
+        demo.load(on_estimate, est_inputs, estimate, **one_at_a_time)
 
         # --- start / stop / resume, and the view of the run
         @friendly
@@ -545,15 +555,13 @@ def build_app(workdir: Workdir, ui: WebUI | None = None) -> gr.Blocks:
 
         run_exp.click(on_export, [lang, exp_adapter, exp_kind, exp_name, exp_outtype, exp_over], exp_result)
 
-        # --- language: every label, help and list of choices, then the estimate again
+        # --- language: every label, help and list of choices
         def on_lang(lang_v):
             out = [gr.update(value=t("title", lang_v)), gr.update(value=t("intro", lang_v).format(root=workdir.root))]
             out += [gr.update(**update(lang_v)) for _, update in labeled]
             return out
 
-        lang.change(on_lang, lang, [title, intro, *(c for c, _ in labeled)]).then(
-            on_estimate, est_inputs, estimate, show_progress="hidden"
-        )
+        lang.change(on_lang, lang, [title, intro, *(c for c, _ in labeled)])  # (the estimate: above)
 
     demo.webui = ui  # type: ignore[attr-defined]  (for tests and the CLI's shutdown)
     # for tests: the language switch's handler and the components it updates, in its order
