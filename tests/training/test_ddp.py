@@ -53,6 +53,36 @@ def test_torchrun_ddp_matches_single_process(tiny_qwen3, tmp_path):
     assert ddp["real_tokens_seen"] == json.loads((single / "metrics.json").read_text())["real_tokens_seen"]
 
 
+TWO_RUNS = """
+import sys
+import torch.distributed as dist
+from lora_finetune.cli import main
+from lora_finetune.config import load_config
+from lora_finetune.training import train
+
+config, first, second, third = sys.argv[1:]
+train(load_config(config, {"output_dir": first}))
+assert dist.is_initialized(), "train() ended a process group it is not the owner of"
+train(load_config(config, {"output_dir": second}))
+code = main(["train", "--config", config, "--output_dir", third])
+assert code == 0 and not dist.is_initialized(), "the CLI left the process group for the C++ runtime to end"
+"""
+
+
+def test_the_group_outlives_a_run_and_ends_with_the_command(tiny_qwen3, tmp_path):
+    """Under a launcher every rank leaves train() after rank 0's folder is written; the group
+    stays for another run in the same processes (the Python API: torchrun's store cannot set one
+    up twice), and `lora-finetune train`, which owns its process, ends it (left to the C++ runtime
+    at exit, a ZeRO-3 rank aborted once in CI after a finished run)."""
+    cfg_file = write_run_config(tmp_path, tiny_qwen3, batch_size=1)
+    script = tmp_path / "two_runs.py"
+    script.write_text(TWO_RUNS)
+    runs = [tmp_path / name for name in ("first", "second", "third")]
+    proc = run(TORCHRUN + [str(script), str(cfg_file), *map(str, runs)], launch_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(runs[0]) == losses(runs[1]) == losses(runs[2]) and len(losses(runs[0])) == 4
+
+
 def test_launcher_configs_parse():
     """The accelerate / DeepSpeed files in configs/ are what accelerate and DeepSpeed read."""
     from accelerate.commands.config.config_args import load_config_from_file

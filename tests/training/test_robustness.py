@@ -412,3 +412,61 @@ def test_disk_full_while_saving_keeps_the_checkpoint_for_resume(tiny_qwen3, tmp_
     monkeypatch.setattr(run, "save_adapter", real)
     resumed = train(_cfg(tiny_qwen3, out, steps=4, save_steps=2, resume="auto"))
     assert (resumed.output_dir / "adapter_model.safetensors").is_file()
+
+
+LAUNCHER_TEARDOWN = """
+import os, signal, sys
+from types import SimpleNamespace
+from lora_finetune.errors import TrainingError
+from lora_finetune.training.callbacks import HealthCallback, InterruptCallback
+from lora_finetune.training.run import run_trainer
+
+class PeerGone:
+    def __init__(self):
+        self.callback_handler = SimpleNamespace(callbacks=[HealthCallback(), InterruptCallback()])
+        self.state = SimpleNamespace(global_step=4)
+        self.eval_dataset = None
+    def train(self, resume_from_checkpoint=None):
+        raise RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:29500")
+
+try:
+    run_trainer(PeerGone(), None, __import__("pathlib").Path(sys.argv[1]))
+except TrainingError as e:
+    os.kill(os.getpid(), signal.SIGTERM)  # torchrun's teardown, arriving while the error goes out
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(1)
+"""
+
+
+def test_a_lost_peer_is_reported_though_the_launcher_sigterms_at_once(tmp_path):
+    """Under torchrun/accelerate a dead rank gets every other rank SIGTERMed at once. The rank that
+    caught the lost collective must still say what happened and how to resume (before: the default
+    handler, restored as training ended, killed it silently, exit -15, in one run of three)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER_TEARDOWN, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Another process of this run stopped at step 4" in proc.stderr
+    assert "again with --resume" in proc.stderr
+
+
+def test_sigterm_held_only_by_the_process_that_asked():
+    """hold_sigterm leaves SIGTERM noted-not-obeyed after uninstall; without it the previous
+    handler comes back (a library user's process is left as it was)."""
+    from lora_finetune.training.callbacks import InterruptCallback
+
+    before, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    i = InterruptCallback()
+    i.install()
+    i.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is before
+    i.install()
+    i.hold_sigterm()
+    i.uninstall()
+    try:
+        held = signal.getsignal(signal.SIGTERM)
+        assert held is not before and held not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) is before_int  # Ctrl-C works as before
+    finally:
+        signal.signal(signal.SIGTERM, before)

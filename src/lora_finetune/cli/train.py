@@ -14,6 +14,7 @@ from .flags import parse_bool_flag
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_overrides
     from ..training import require_checkpoint, train
+    from ..training.engines import end_process_group
 
     overrides = parse_overrides(args.overrides)
     if args.resume is not None:
@@ -26,6 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is True:
         require_checkpoint(cfg)
     result = train(cfg)
+    end_process_group()  # under a launcher: this process trains once, and its group ends here
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun/accelerate only rank 0 reports
     m = result.metrics

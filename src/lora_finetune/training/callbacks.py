@@ -133,6 +133,15 @@ class InterruptCallback(TrainerCallback):
             signal.signal(sig, prev)
         self._previous.clear()
 
+    def hold_sigterm(self) -> None:
+        """From now on a SIGTERM is noted, not obeyed: for a process whose group is gone and which
+        only has to say so. A launcher (torchrun, accelerate) SIGTERMs every process the moment it
+        sees one die; restored to the default now, that signal would kill this one while its
+        message (what happened, how to resume) is on the way out: seen in one run of three."""
+        if signal.SIGTERM in self._previous:
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            del self._previous[signal.SIGTERM]  # uninstall() leaves it held
+
     def on_step_end(self, args, state, control, **kw):
         if self.signal is not None:
             # never checkpoint a state the health check finds broken

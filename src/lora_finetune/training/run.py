@@ -58,7 +58,7 @@ from .callbacks import (
 )
 from .continuation import continue_from
 from .dataset import prepare_data, small_eval_warning
-from .engines import engine_problems, is_peer_failure, launched_engine
+from .engines import engine_problems, is_peer_failure, launched_engine, leave_together
 from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
@@ -281,7 +281,11 @@ def train(cfg: LoRAFinetuneConfig, callbacks: list[Any] | None = None) -> TrainR
     from contextlib import nullcontext
 
     lead = os.environ.get("RANK", "0") == "0"
-    with output_lock(Path(cfg.output_dir)) if lead else nullcontext(), warnings.catch_warnings():
+    with (
+        leave_together(),
+        output_lock(Path(cfg.output_dir)) if lead else nullcontext(),
+        warnings.catch_warnings(),
+    ):
         # peft calls a transformers method deprecated in 5.x on every run: nothing for users.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         # DeepSpeed ZeRO-3 calls collectives torch 2.13 renamed, warning on every step.
@@ -514,6 +518,7 @@ def run_trainer(trainer: Trainer, resume_from: Path | None, ckpt_dir: Path) -> t
     except RuntimeError as e:
         if not is_peer_failure(e, launched_engine()):
             raise
+        interrupt.hold_sigterm()  # the launcher's teardown must not cut off what follows
         raise TrainingError(
             f"Another process of this run stopped at step {trainer.state.global_step} (this one lost it: "
             f"{str(e).splitlines()[0][:160]}); its own log says why. "
