@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import TrainingError
+
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "false").strip().lower() in ("1", "true", "yes")
@@ -189,6 +191,15 @@ def is_peer_failure(error: BaseException, engine: Engine) -> bool:
     )
 
 
+def peer_lost(when: str, error: BaseException, resume_hint: str = "") -> TrainingError:
+    """What a process says when `is_peer_failure(error)`: the others' own logs hold the cause."""
+    return TrainingError(
+        f"Another process of this run stopped {when} (this one lost it: {str(error).splitlines()[0][:160]}); "
+        f"its own log says why. {resume_hint + ' ' if resume_hint else ''}"
+        "Start every process (on every node) again with --resume."
+    )
+
+
 @contextmanager
 def leave_together() -> Iterator[None]:
     """Every process of a launched run leaves train() only after rank 0 has written the output
@@ -205,12 +216,7 @@ def leave_together() -> Iterator[None]:
     except RuntimeError as e:
         if not is_peer_failure(e, launched_engine()):
             raise
-        from ..errors import TrainingError
-
-        raise TrainingError(
-            "Another process of this run stopped after training, while the output folder was written; its own "
-            "log says why (the last checkpoint is kept: start every process again with --resume)."
-        ) from None
+        raise peer_lost("after training, while rank 0 wrote the output folder", e) from None
 
 
 def end_process_group() -> None:
@@ -233,6 +239,7 @@ __all__ = [
     "is_peer_failure",
     "launched_engine",
     "leave_together",
+    "peer_lost",
     "read_deepspeed_json",
     "trainer_device_args",
 ]

@@ -58,7 +58,7 @@ from .callbacks import (
 )
 from .continuation import continue_from
 from .dataset import prepare_data, small_eval_warning
-from .engines import engine_problems, is_peer_failure, launched_engine, leave_together
+from .engines import engine_problems, is_peer_failure, launched_engine, leave_together, peer_lost
 from .kernels import apply_liger, attention_kernels  # throughput: fused kernels, attention kernels
 from .planning import MemoryPlan, memory_report, plan_memory
 from .report import collect_metrics, kept_step, plot_losses, tokens_seen_at, versions
@@ -519,12 +519,7 @@ def run_trainer(trainer: Trainer, resume_from: Path | None, ckpt_dir: Path) -> t
         if not is_peer_failure(e, launched_engine()):
             raise
         interrupt.hold_sigterm()  # the launcher's teardown must not cut off what follows
-        raise TrainingError(
-            f"Another process of this run stopped at step {trainer.state.global_step} (this one lost it: "
-            f"{str(e).splitlines()[0][:160]}); its own log says why. "
-            + _resume_hint(ckpt_dir)
-            + " Start every process (on every node) again with --resume."
-        ) from None
+        raise peer_lost(f"at step {trainer.state.global_step}", e, _resume_hint(ckpt_dir)) from None
     finally:
         interrupt.uninstall()
     if health.problem:
